@@ -1,0 +1,265 @@
+//! Types shared by the eBPF programs and the daemon. Every struct here crosses the
+//! kernel/user boundary byte for byte, so each is `#[repr(C)]` with explicit padding.
+#![no_std]
+
+/// Direction of a reset as seen from this host.
+pub const DIRECTION_SENT: u8 = 1;
+pub const DIRECTION_RECEIVED: u8 = 2;
+
+/// `CountKey::reason` when the kernel gives no `sk_rst_reason` (before 6.10, and for received resets).
+pub const REASON_NONE: u16 = u16::MAX;
+
+/// `CountKey::state` when the reset had no socket (NO_SOCKET replies).
+pub const STATE_NONE: u8 = 0;
+
+/// TCP states as numbered by the kernel (`include/net/tcp_states.h`); these have been stable since 2.6.
+pub mod tcp_state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const SYN_RECV: u8 = 3;
+    pub const FIN_WAIT1: u8 = 4;
+    pub const FIN_WAIT2: u8 = 5;
+    pub const TIME_WAIT: u8 = 6;
+    pub const CLOSE: u8 = 7;
+    pub const CLOSE_WAIT: u8 = 8;
+    pub const LAST_ACK: u8 = 9;
+    pub const LISTEN: u8 = 10;
+    pub const CLOSING: u8 = 11;
+    pub const NEW_SYN_RECV: u8 = 12;
+}
+
+/// Bits of `CountKey::facts`: the discrete facts the classifier needs, gathered in the kernel so
+/// that the in-kernel counters can be attributed to a cause exactly, without the ring buffer.
+pub mod fact {
+    /// The reset answers an incoming segment (passive reset); the trigger bits below are valid.
+    pub const TRIGGER: u16 = 1 << 0;
+    pub const TRIGGER_SYN: u16 = 1 << 1;
+    pub const TRIGGER_ACK: u16 = 1 << 2;
+    pub const TRIGGER_FIN: u16 = 1 << 3;
+    /// The trigger segment carried payload bytes.
+    pub const TRIGGER_PAYLOAD: u16 = 1 << 4;
+    /// `sk->sk_socket == NULL`: the application closed the socket, or never accepted it.
+    pub const ORPHAN: u16 = 1 << 5;
+    /// SO_LINGER on with a zero timeout.
+    pub const LINGER_ZERO: u16 = 1 << 6;
+    /// A time-wait socket that stands for FIN_WAIT2 (we closed first, the peer did not).
+    pub const TW_FIN_WAIT2: u16 = 1 << 7;
+    /// A full socket that never received a payload byte (`bytes_received == 0`).
+    pub const NOTHING_RECEIVED: u16 = 1 << 8;
+    /// The connection had been idle at least the idle threshold before its last send.
+    pub const IDLE_BEFORE_SEND: u16 = 1 << 9;
+    /// Received bytes the application never read (`rcv_nxt - copied_seq > 0`).
+    pub const UNREAD_DATA: u16 = 1 << 10;
+    /// Bytes queued but never sent (`write_seq - snd_nxt > 0`).
+    pub const UNSENT_DATA: u16 = 1 << 11;
+    /// The socket was a full socket (not time-wait, request or none), so its fields were read.
+    pub const FULL_SOCKET: u16 = 1 << 12;
+    /// The socket was opened passively (accepted from a listener).
+    pub const PASSIVE: u16 = 1 << 13;
+}
+
+/// Bits of `ResetEvent::flags`: facts about one event that do not take part in counting.
+pub mod event_flag {
+    /// This sent reset followed a `tcp_receive_reset` for the same socket that the kernel raised
+    /// itself (data on a closing orphan), not a received RST; that received count was taken back.
+    pub const UNDID_FALSE_RECEIVE: u32 = 1 << 0;
+    /// The connection's birth was seen, so `birth_ns` is valid.
+    pub const BIRTH_KNOWN: u32 = 1 << 1;
+    /// The received reset may be the kernel's own (see UNDID_FALSE_RECEIVE); wait for the sent one.
+    pub const RECEIVE_WHILE_CLOSING: u32 = 1 << 2;
+}
+
+/// Indexes of the per-CPU `LOST` array.
+pub mod lost {
+    /// Event details dropped because the ring buffer was full; counters stay exact.
+    pub const RING_BUFFER_FULL: u32 = 0;
+    /// The count map was full; the reset was counted under port 0 ("other").
+    pub const COUNT_MAP_FULL: u32 = 1;
+    /// Neither the key nor its port-0 fallback could be stored: the reset was not counted by cause.
+    pub const COUNT_UNRECORDED: u32 = 2;
+    pub const LEN: u32 = 3;
+}
+
+/// Key of the in-kernel per-CPU counter map. One entry per distinct set of classifier inputs and
+/// service port; userspace maps each key to a cause with the pure classifier.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CountKey {
+    /// Service port (the listener's port, whichever side we are); 0 = not known / overflow.
+    pub port: u16,
+    /// Raw `enum sk_rst_reason` value as this kernel numbers it, or REASON_NONE.
+    pub reason: u16,
+    pub facts: u16,
+    pub direction: u8,
+    /// TCP state the tracepoint saw (sent: the tracepoint's `state`; received: `sk_state`).
+    pub state: u8,
+    /// For sent resets in CLOSE: the state before the kernel closed the socket to reset it
+    /// (from `inet_sock_set_state`), or STATE_NONE if that transition was not seen.
+    pub prior_state: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Per-event details, sent through the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ResetEvent {
+    pub key: CountKey,
+    /// TCP flags byte of the trigger segment (FIN=1 SYN=2 RST=4 PSH=8 ACK=16).
+    pub trigger_flags: u8,
+    /// `tw_substate` of a time-wait socket.
+    pub tw_substate: u8,
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u16,
+    pub trigger_payload: u32,
+    pub unread_bytes: u32,
+    pub unsent_bytes: u32,
+    /// Task running when the tracepoint fired (not necessarily the socket owner).
+    pub tgid: u32,
+    pub pid: u32,
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// Low 32 bits of `jiffies` when the event fired, and the socket's jiffies stamps.
+    pub now_jiffies: u32,
+    pub lsndtime: u32,
+    pub rcv_tstamp: u32,
+    pub lrcvtime: u32,
+    pub flags: u32,
+    pub _pad: u32,
+    pub ts_ns: u64,
+    pub skaddr: u64,
+    pub birth_ns: u64,
+    pub bytes_received: u64,
+    pub bytes_acked: u64,
+    /// Received resets: the tracepoint's `sock_cookie`; 0 otherwise.
+    pub cookie: u64,
+    /// IPv4 addresses in the first 4 bytes; network byte order.
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    pub comm: [u8; 16],
+}
+
+/// What the kernel remembers per connection between its state changes and its reset.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnInfo {
+    /// `bpf_ktime_get_ns()` when the connection was born (SYN_SENT / SYN_RECV), 0 if unseen.
+    pub birth_ns: u64,
+    /// State before the most recent transition into CLOSE.
+    pub prior_state: u8,
+    pub passive: u8,
+    pub _pad: [u8; 6],
+}
+
+/// An offset into a tracepoint record, -1 when this kernel's event has no such field.
+pub type FieldOffset = i16;
+pub const ABSENT: FieldOffset = -1;
+
+/// Everything the programs need to know about the running kernel, resolved once at start-up in
+/// userspace (tracefs formats, BTF) and written into the programs' `CONFIG` global before load.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    // tracepoint record offsets (tracefs `format` files)
+    pub send_skaddr: FieldOffset,
+    pub send_skbaddr: FieldOffset,
+    pub send_state: FieldOffset,
+    pub send_reason: FieldOffset,
+    pub recv_skaddr: FieldOffset,
+    pub recv_cookie: FieldOffset,
+    pub set_state_skaddr: FieldOffset,
+    pub set_state_oldstate: FieldOffset,
+    pub set_state_newstate: FieldOffset,
+    pub set_state_protocol: FieldOffset,
+    /// Size in bytes of `protocol` in `inet_sock_set_state` (u16 since MPTCP, u8 before).
+    pub set_state_protocol_size: u16,
+
+    // struct member offsets (BTF)
+    pub sk_state: u16,
+    pub sk_family: u16,
+    pub sk_num: u16,
+    pub sk_dport: u16,
+    pub sk_daddr: u16,
+    pub sk_rcv_saddr: u16,
+    pub sk_v6_daddr: u16,
+    pub sk_v6_rcv_saddr: u16,
+    pub sk_socket: u16,
+    pub sk_flags: u16,
+    pub sk_lingertime: u16,
+    pub tcp_bytes_received: u16,
+    pub tcp_bytes_acked: u16,
+    pub tcp_rcv_nxt: u16,
+    pub tcp_copied_seq: u16,
+    pub tcp_write_seq: u16,
+    pub tcp_snd_nxt: u16,
+    pub tcp_lsndtime: u16,
+    pub tcp_rcv_tstamp: u16,
+    pub icsk_lrcvtime: u16,
+    pub tw_substate: u16,
+    pub skb_data: u16,
+    pub skb_len: u16,
+    pub skb_head: u16,
+    pub skb_network_header: u16,
+    /// Bit number of SOCK_LINGER in `enum sock_flags`.
+    pub sock_linger_bit: u16,
+
+    /// `--idle-threshold` in jiffies.
+    pub idle_threshold_jiffies: u32,
+    /// `net.ipv4.ip_local_port_range`: tells a client's ephemeral port from a service port.
+    pub ephemeral_port_low: u16,
+    pub ephemeral_port_high: u16,
+}
+
+impl Config {
+    /// A configuration that makes every program a no-op; the daemon always overrides it.
+    pub const UNSET: Config = Config {
+        send_skaddr: ABSENT,
+        send_skbaddr: ABSENT,
+        send_state: ABSENT,
+        send_reason: ABSENT,
+        recv_skaddr: ABSENT,
+        recv_cookie: ABSENT,
+        set_state_skaddr: ABSENT,
+        set_state_oldstate: ABSENT,
+        set_state_newstate: ABSENT,
+        set_state_protocol: ABSENT,
+        set_state_protocol_size: 0,
+        sk_state: 0,
+        sk_family: 0,
+        sk_num: 0,
+        sk_dport: 0,
+        sk_daddr: 0,
+        sk_rcv_saddr: 0,
+        sk_v6_daddr: 0,
+        sk_v6_rcv_saddr: 0,
+        sk_socket: 0,
+        sk_flags: 0,
+        sk_lingertime: 0,
+        tcp_bytes_received: 0,
+        tcp_bytes_acked: 0,
+        tcp_rcv_nxt: 0,
+        tcp_copied_seq: 0,
+        tcp_write_seq: 0,
+        tcp_snd_nxt: 0,
+        tcp_lsndtime: 0,
+        tcp_rcv_tstamp: 0,
+        icsk_lrcvtime: 0,
+        tw_substate: 0,
+        skb_data: 0,
+        skb_len: 0,
+        skb_head: 0,
+        skb_network_header: 0,
+        sock_linger_bit: 0,
+        idle_threshold_jiffies: 0,
+        ephemeral_port_low: 0,
+        ephemeral_port_high: 0,
+    };
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `#[repr(C)]` data with explicit padding and no pointers.
+    unsafe impl aya::Pod for super::CountKey {}
+    unsafe impl aya::Pod for super::ResetEvent {}
+    unsafe impl aya::Pod for super::ConnInfo {}
+    unsafe impl aya::Pod for super::Config {}
+}

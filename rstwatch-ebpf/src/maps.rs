@@ -1,0 +1,115 @@
+//! The maps shared with the daemon, and the per-event bookkeeping around them.
+
+use aya_ebpf::{
+    bindings::BPF_ANY,
+    macros::map,
+    maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+};
+use rstwatch_common::{ConnInfo, CountKey, ResetEvent, lost};
+
+/// Exact reset counts by classifier inputs and service port; summed over CPUs in userspace.
+#[map]
+pub static COUNTS: PerCpuHashMap<CountKey, u64> = PerCpuHashMap::with_max_entries(16384, 0);
+
+/// Per-connection memory keyed by socket address: birth time, passive open, prior state.
+/// LRU so it stays bounded under any churn; entries are replaced when an address is reused.
+#[map]
+pub static CONN: LruHashMap<u64, ConnInfo> = LruHashMap::with_max_entries(65536, 0);
+
+/// Event details for userspace. The daemon resizes it with `--ring-buffer-size`.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+
+/// What could not be delivered or recorded, by `rstwatch_common::lost` index.
+#[map]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost::LEN, 0);
+
+/// Where an event is assembled: too big for the 512-byte BPF stack.
+#[map]
+static SCRATCH: PerCpuArray<ResetEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// The last receive_reset this CPU saw on a closing socket; see `take_last_receive`.
+#[map]
+static LAST_RECEIVE: PerCpuArray<LastReceive> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct LastReceive {
+    pub sk: u64,
+    pub ts_ns: u64,
+    pub key: CountKey,
+}
+
+/// The kernel's own receive_reset and the reset it then sends run back to back on one CPU, in one
+/// softirq; anything older than this is a different story.
+const SAME_PATH_NS: u64 = 1_000_000;
+
+#[inline(always)]
+pub fn scratch_event() -> Option<&'static mut ResetEvent> {
+    let ev = SCRATCH.get_ptr_mut(0)?;
+    unsafe {
+        core::ptr::write_bytes(ev, 0, 1);
+        Some(&mut *ev)
+    }
+}
+
+#[inline(always)]
+pub fn count(key: &CountKey) {
+    if let Some(value) = COUNTS.get_ptr_mut(key) {
+        unsafe { *value += 1 };
+        return;
+    }
+    // A new key; if another CPU inserted it meanwhile, BPF_ANY only sets this CPU's slot, which
+    // was 0, so nothing is lost either way.
+    if COUNTS.insert(key, &1, BPF_ANY as u64).is_ok() {
+        return;
+    }
+    // Full: keep the count exact by cause at the cost of the port.
+    bump_lost(lost::COUNT_MAP_FULL);
+    let fallback = CountKey { port: 0, ..*key };
+    if let Some(value) = COUNTS.get_ptr_mut(&fallback) {
+        unsafe { *value += 1 };
+    } else if COUNTS.insert(&fallback, &1, BPF_ANY as u64).is_err() {
+        bump_lost(lost::COUNT_UNRECORDED);
+    }
+}
+
+/// Take back one count for `key` on this CPU (the per-CPU slot may go below zero when summed
+/// alone; userspace only ever reads the sum over CPUs, which stays exact).
+#[inline(always)]
+pub fn uncount(key: &CountKey) {
+    if let Some(value) = COUNTS.get_ptr_mut(key) {
+        unsafe { *value = (*value).wrapping_sub(1) };
+    }
+}
+
+#[inline(always)]
+pub fn emit(ev: &ResetEvent) {
+    if EVENTS.output::<ResetEvent>(ev, 0).is_err() {
+        bump_lost(lost::RING_BUFFER_FULL);
+    }
+}
+
+#[inline(always)]
+fn bump_lost(index: u32) {
+    if let Some(value) = LOST.get_ptr_mut(index) {
+        unsafe { *value += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn remember_last_receive(last: &LastReceive) {
+    let _ = LAST_RECEIVE.set(0, last, 0);
+}
+
+/// The receive_reset this CPU just traced for `sk`, if it was on the same kernel path.
+#[inline(always)]
+pub fn take_last_receive(sk: u64, now_ns: u64) -> Option<LastReceive> {
+    let slot = LAST_RECEIVE.get_ptr_mut(0)?;
+    let last = unsafe { *slot };
+    if last.sk != sk || now_ns.wrapping_sub(last.ts_ns) > SAME_PATH_NS {
+        return None;
+    }
+    unsafe { (*slot).sk = 0 };
+    Some(last)
+}

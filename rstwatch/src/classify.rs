@@ -1,0 +1,341 @@
+//! The cause classifier: a pure function from the facts the kernel gathered about one reset to
+//! one cause. Table-tested below; the kernel evidence behind each row is in KERNEL-RESETS.md.
+
+use rstwatch_common::{CountKey, DIRECTION_SENT, REASON_NONE, fact, tcp_state};
+
+use crate::causes::{Cause, Direction};
+
+/// The kernel's `enum sk_rst_reason`, by name: its numbers differ between kernels, so values are
+/// mapped to these names at run time from BTF (see `kernel::KernelLayout::reason_names`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RstReason {
+    NotSpecified,
+    NoSocket,
+    InvalidAckSequence,
+    Rfc7323Paws,
+    TooOldAck,
+    AckUnsentData,
+    Flags,
+    OldAck,
+    AbortOnData,
+    TimewaitSocket,
+    InvalidSyn,
+    AbortOnClose,
+    AbortOnLinger,
+    AbortOnMemory,
+    State,
+    KeepaliveTimeout,
+    DisconnectWithData,
+    /// MPTCP_RST_*, ERROR, or a name this build does not know.
+    Other,
+}
+
+impl RstReason {
+    /// From the kernel's name, with or without the `SK_RST_REASON_` prefix.
+    pub fn from_name(name: &str) -> RstReason {
+        match name.strip_prefix("SK_RST_REASON_").unwrap_or(name) {
+            "NOT_SPECIFIED" => RstReason::NotSpecified,
+            "NO_SOCKET" => RstReason::NoSocket,
+            "TCP_INVALID_ACK_SEQUENCE" => RstReason::InvalidAckSequence,
+            "TCP_RFC7323_PAWS" => RstReason::Rfc7323Paws,
+            "TCP_TOO_OLD_ACK" => RstReason::TooOldAck,
+            "TCP_ACK_UNSENT_DATA" => RstReason::AckUnsentData,
+            "TCP_FLAGS" => RstReason::Flags,
+            "TCP_OLD_ACK" => RstReason::OldAck,
+            "TCP_ABORT_ON_DATA" => RstReason::AbortOnData,
+            "TCP_TIMEWAIT_SOCKET" => RstReason::TimewaitSocket,
+            "INVALID_SYN" => RstReason::InvalidSyn,
+            "TCP_ABORT_ON_CLOSE" => RstReason::AbortOnClose,
+            "TCP_ABORT_ON_LINGER" => RstReason::AbortOnLinger,
+            "TCP_ABORT_ON_MEMORY" => RstReason::AbortOnMemory,
+            "TCP_STATE" => RstReason::State,
+            "TCP_KEEPALIVE_TIMEOUT" => RstReason::KeepaliveTimeout,
+            "TCP_DISCONNECT_WITH_DATA" => RstReason::DisconnectWithData,
+            _ => RstReason::Other,
+        }
+    }
+}
+
+/// Everything the classifier looks at. `reason` is None when the kernel does not report one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResetFacts {
+    pub direction: Direction,
+    pub reason: Option<RstReason>,
+    /// The state the tracepoint saw.
+    pub state: u8,
+    /// For sent resets in CLOSE, the state before the kernel closed the socket (0 if unknown).
+    pub prior_state: u8,
+    pub facts: u16,
+}
+
+impl ResetFacts {
+    pub fn from_key(key: &CountKey, reason_name: impl Fn(u16) -> Option<String>) -> ResetFacts {
+        let direction =
+            if key.direction == DIRECTION_SENT { Direction::Sent } else { Direction::Received };
+        let reason = (key.reason != REASON_NONE).then(|| {
+            reason_name(key.reason).map_or(RstReason::Other, |name| RstReason::from_name(&name))
+        });
+        ResetFacts {
+            direction,
+            reason,
+            state: key.state,
+            prior_state: key.prior_state,
+            facts: key.facts,
+        }
+    }
+
+    fn has(&self, bit: u16) -> bool {
+        self.facts & bit != 0
+    }
+
+    /// The local TCP state before the reset, as the `state` metric label reports it.
+    pub fn state_before(&self) -> u8 {
+        if self.direction == Direction::Sent && self.state == tcp_state::CLOSE && self.prior_state != 0 {
+            self.prior_state
+        } else {
+            self.state
+        }
+    }
+}
+
+pub fn classify(f: &ResetFacts) -> Cause {
+    match f.direction {
+        Direction::Sent => classify_sent(f),
+        Direction::Received => classify_received(f),
+    }
+}
+
+fn classify_sent(f: &ResetFacts) -> Cause {
+    use RstReason::*;
+    let Some(reason) = f.reason else { return classify_sent_without_reason(f) };
+    let trigger_syn = f.has(fact::TRIGGER_SYN);
+    match reason {
+        NoSocket if trigger_syn && !f.has(fact::TRIGGER_ACK) => Cause::NoListener,
+        NoSocket => Cause::UnknownConnection,
+        Flags if f.state == tcp_state::LISTEN => Cause::UnknownConnection,
+        Flags => Cause::InvalidSegment,
+        AbortOnClose => Cause::CloseWithUnreadData,
+        State => classify_tcp_state(f),
+        // linger2 < 0 also answers the peer's bare ACK of our FIN this way: nothing was sent after
+        // close then, so it is the FIN_WAIT2 policy, not the peer writing late.
+        AbortOnData if f.has(fact::TRIGGER) && !f.has(fact::TRIGGER_PAYLOAD) && !f.has(fact::TRIGGER_FIN) => {
+            Cause::FinWait2Abort
+        }
+        AbortOnData => Cause::DataAfterClose,
+        TimewaitSocket if f.has(fact::TW_FIN_WAIT2) && !trigger_syn => Cause::DataAfterClose,
+        TimewaitSocket => Cause::TimewaitSegment,
+        InvalidSyn if f.state == tcp_state::LISTEN && !trigger_syn => Cause::AcceptQueueOverflow,
+        InvalidSyn => Cause::InvalidSegment,
+        KeepaliveTimeout => Cause::KeepaliveTimeout,
+        AbortOnMemory => Cause::MemoryPressure,
+        AbortOnLinger => Cause::FinWait2Abort,
+        DisconnectWithData => Cause::DisconnectWithUnsentData,
+        InvalidAckSequence | Rfc7323Paws | TooOldAck | AckUnsentData | OldAck => Cause::InvalidSegment,
+        NotSpecified | Other => Cause::Other,
+    }
+}
+
+/// TCP_STATE is one reason for four different stories; the socket tells them apart.
+fn classify_tcp_state(f: &ResetFacts) -> Cause {
+    if f.state != tcp_state::CLOSE {
+        // Only tcp_abort() and the FIN_WAIT2 timer reset without moving to CLOSE first.
+        if f.state == tcp_state::FIN_WAIT2 && f.has(fact::ORPHAN) {
+            return Cause::FinWait2Abort;
+        }
+        return Cause::AdminAbort;
+    }
+    if f.has(fact::ORPHAN) {
+        // Never accepted: the listener went away (inet_csk_listen_stop).
+        return Cause::ListenerClosed;
+    }
+    if f.has(fact::LINGER_ZERO) {
+        return Cause::LingerZeroClose;
+    }
+    Cause::Other
+}
+
+/// Kernels before 6.10 (and active resets on 6.10/6.11) give no reason: fall back on the socket.
+fn classify_sent_without_reason(f: &ResetFacts) -> Cause {
+    if f.has(fact::TRIGGER) {
+        if f.state == tcp_state::TIME_WAIT {
+            return if f.has(fact::TW_FIN_WAIT2) && !f.has(fact::TRIGGER_SYN) {
+                Cause::DataAfterClose
+            } else {
+                Cause::TimewaitSegment
+            };
+        }
+        if f.state == tcp_state::LISTEN && !f.has(fact::TRIGGER_SYN) {
+            return Cause::UnknownConnection;
+        }
+        return Cause::Other;
+    }
+    if f.state == tcp_state::CLOSE {
+        if f.has(fact::UNREAD_DATA) {
+            return Cause::CloseWithUnreadData;
+        }
+        if f.has(fact::ORPHAN) {
+            return Cause::ListenerClosed;
+        }
+        if f.has(fact::LINGER_ZERO) {
+            return if f.has(fact::UNSENT_DATA)
+                && matches!(f.prior_state, tcp_state::CLOSING | tcp_state::LAST_ACK)
+            {
+                Cause::DisconnectWithUnsentData
+            } else {
+                Cause::LingerZeroClose
+            };
+        }
+    }
+    Cause::Other
+}
+
+fn classify_received(f: &ResetFacts) -> Cause {
+    match f.state {
+        tcp_state::SYN_SENT => Cause::ConnectionRefused,
+        tcp_state::CLOSE_WAIT => Cause::StaleConnection,
+        tcp_state::ESTABLISHED if f.has(fact::NOTHING_RECEIVED) => Cause::HandshakeReset,
+        tcp_state::ESTABLISHED if f.has(fact::IDLE_BEFORE_SEND) => Cause::IdleReset,
+        tcp_state::ESTABLISHED => Cause::PeerReset,
+        tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 | tcp_state::CLOSING | tcp_state::LAST_ACK => {
+            Cause::ResetWhileClosing
+        }
+        _ => Cause::Other,
+    }
+}
+
+/// Lower-case name of a TCP state, as used in the `state` label; `none` without a socket.
+pub fn state_label(state: u8) -> &'static str {
+    match state {
+        tcp_state::ESTABLISHED => "established",
+        tcp_state::SYN_SENT => "syn_sent",
+        tcp_state::SYN_RECV => "syn_recv",
+        tcp_state::FIN_WAIT1 => "fin_wait1",
+        tcp_state::FIN_WAIT2 => "fin_wait2",
+        tcp_state::TIME_WAIT => "time_wait",
+        tcp_state::CLOSE => "close",
+        tcp_state::CLOSE_WAIT => "close_wait",
+        tcp_state::LAST_ACK => "last_ack",
+        tcp_state::LISTEN => "listen",
+        tcp_state::CLOSING => "closing",
+        tcp_state::NEW_SYN_RECV => "new_syn_recv",
+        _ => "none",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use RstReason::*;
+    use fact::*;
+    use tcp_state::*;
+
+    fn sent(reason: RstReason, state: u8, prior_state: u8, facts: u16) -> ResetFacts {
+        ResetFacts { direction: Direction::Sent, reason: Some(reason), state, prior_state, facts }
+    }
+
+    fn received(state: u8, facts: u16) -> ResetFacts {
+        ResetFacts { direction: Direction::Received, reason: None, state, prior_state: 0, facts }
+    }
+
+    const FULL: u16 = FULL_SOCKET;
+
+    /// One row per scenario of KERNEL-RESETS.md (a), with the facts the kernel reported there.
+    #[test]
+    fn sent_resets_on_kernels_with_a_reason() {
+        let table: &[(&str, ResetFacts, Cause)] = &[
+            ("1 SYN to a closed port", sent(NoSocket, 0, 0, TRIGGER | TRIGGER_SYN), Cause::NoListener),
+            ("6b data to a vanished socket, no listener", sent(NoSocket, 0, 0, TRIGGER | TRIGGER_ACK | TRIGGER_PAYLOAD), Cause::UnknownConnection),
+            ("SYN-ACK to nothing", sent(NoSocket, 0, 0, TRIGGER | TRIGGER_SYN | TRIGGER_ACK), Cause::UnknownConnection),
+            ("6a data at a listener", sent(Flags, LISTEN, 0, TRIGGER | TRIGGER_ACK | TRIGGER_PAYLOAD), Cause::UnknownConnection),
+            ("odd flags on a connection", sent(Flags, ESTABLISHED, 0, TRIGGER | FULL), Cause::InvalidSegment),
+            ("3a close with 39 bytes unread", sent(AbortOnClose, CLOSE, ESTABLISHED, FULL | UNREAD_DATA), Cause::CloseWithUnreadData),
+            ("2 SO_LINGER 0 close", sent(State, CLOSE, ESTABLISHED, FULL | LINGER_ZERO), Cause::LingerZeroClose),
+            ("14 listener closed with un-accepted child", sent(State, CLOSE, ESTABLISHED, FULL | ORPHAN | NOTHING_RECEIVED), Cause::ListenerClosed),
+            ("14 child inherited linger 0 from the listener", sent(State, CLOSE, ESTABLISHED, FULL | ORPHAN | LINGER_ZERO), Cause::ListenerClosed),
+            ("11f ss -K", sent(State, ESTABLISHED, 0, FULL), Cause::AdminAbort),
+            ("orphan FIN_WAIT2 timer", sent(State, FIN_WAIT2, 0, FULL | ORPHAN), Cause::FinWait2Abort),
+            ("connect(AF_UNSPEC) disconnect", sent(State, CLOSE, ESTABLISHED, FULL), Cause::Other),
+            ("4b data right after close", sent(AbortOnData, CLOSE, FIN_WAIT1, FULL | ORPHAN | TRIGGER | TRIGGER_ACK | TRIGGER_PAYLOAD), Cause::DataAfterClose),
+            ("11e2 linger2 -1, bare ACK of our FIN", sent(AbortOnData, CLOSE, FIN_WAIT1, FULL | ORPHAN | TRIGGER | TRIGGER_ACK), Cause::FinWait2Abort),
+            ("peer FIN after our close, linger2 -1", sent(AbortOnData, CLOSE, FIN_WAIT2, FULL | ORPHAN | TRIGGER | TRIGGER_ACK | TRIGGER_FIN), Cause::DataAfterClose),
+            ("5a stale keep-alive into FIN_WAIT2 time-wait", sent(TimewaitSocket, TIME_WAIT, 0, TRIGGER | TRIGGER_ACK | TRIGGER_PAYLOAD | TW_FIN_WAIT2), Cause::DataAfterClose),
+            ("SYN into a FIN_WAIT2 time-wait", sent(TimewaitSocket, TIME_WAIT, 0, TRIGGER | TRIGGER_SYN | TW_FIN_WAIT2), Cause::TimewaitSegment),
+            ("segment into a real TIME_WAIT", sent(TimewaitSocket, TIME_WAIT, 0, TRIGGER | TRIGGER_ACK), Cause::TimewaitSegment),
+            ("7a accept queue overflow", sent(InvalidSyn, LISTEN, 0, TRIGGER | TRIGGER_ACK), Cause::AcceptQueueOverflow),
+            ("bad SYN to a request socket", sent(InvalidSyn, LISTEN, 0, TRIGGER | TRIGGER_SYN), Cause::InvalidSegment),
+            ("9a keepalive timeout", sent(KeepaliveTimeout, ESTABLISHED, 0, FULL | IDLE_BEFORE_SEND), Cause::KeepaliveTimeout),
+            ("11g tcp_check_oom", sent(AbortOnMemory, CLOSE, ESTABLISHED, FULL), Cause::MemoryPressure),
+            ("11e1 linger2 -1 close in FIN_WAIT2", sent(AbortOnLinger, CLOSE, FIN_WAIT2, FULL), Cause::FinWait2Abort),
+            ("11d LAST_ACK with unsent data", sent(DisconnectWithData, CLOSE, LAST_ACK, FULL | LINGER_ZERO | UNSENT_DATA), Cause::DisconnectWithUnsentData),
+            ("10b reconnect into TIME_WAIT", sent(InvalidAckSequence, SYN_SENT, 0, TRIGGER | TRIGGER_ACK | FULL), Cause::InvalidSegment),
+            ("PAWS in SYN_SENT", sent(Rfc7323Paws, SYN_SENT, 0, TRIGGER | TRIGGER_ACK | TRIGGER_SYN), Cause::InvalidSegment),
+            ("old ACK to a child", sent(TooOldAck, SYN_RECV, 0, TRIGGER | TRIGGER_ACK), Cause::InvalidSegment),
+            ("ACK of unsent data", sent(AckUnsentData, SYN_RECV, 0, TRIGGER | TRIGGER_ACK), Cause::InvalidSegment),
+            ("old ACK", sent(OldAck, SYN_RECV, 0, TRIGGER | TRIGGER_ACK), Cause::InvalidSegment),
+            ("not specified", sent(NotSpecified, ESTABLISHED, 0, FULL), Cause::Other),
+            ("MPTCP", sent(Other, ESTABLISHED, 0, FULL), Cause::Other),
+        ];
+        for (scenario, facts, expected) in table {
+            assert_eq!(classify(facts), *expected, "{scenario}: {facts:?}");
+        }
+    }
+
+    #[test]
+    fn received_resets_by_local_state() {
+        let table: &[(&str, ResetFacts, Cause)] = &[
+            ("1 refused", received(SYN_SENT, FULL | NOTHING_RECEIVED), Cause::ConnectionRefused),
+            ("5a stale keep-alive", received(CLOSE_WAIT, FULL), Cause::StaleConnection),
+            ("7a peer accept queue overflow", received(ESTABLISHED, FULL | NOTHING_RECEIVED), Cause::HandshakeReset),
+            ("idle flow dropped by a middlebox", received(ESTABLISHED, FULL | IDLE_BEFORE_SEND), Cause::IdleReset),
+            ("2 peer linger 0", received(ESTABLISHED, FULL), Cause::PeerReset),
+            ("handshake beats idle", received(ESTABLISHED, FULL | NOTHING_RECEIVED | IDLE_BEFORE_SEND), Cause::HandshakeReset),
+            ("11d FIN_WAIT2", received(FIN_WAIT2, FULL), Cause::ResetWhileClosing),
+            ("FIN_WAIT1", received(FIN_WAIT1, FULL), Cause::ResetWhileClosing),
+            ("CLOSING", received(CLOSING, FULL), Cause::ResetWhileClosing),
+            ("LAST_ACK", received(LAST_ACK, FULL), Cause::ResetWhileClosing),
+            ("TFO child", received(SYN_RECV, FULL), Cause::Other),
+        ];
+        for (scenario, facts, expected) in table {
+            assert_eq!(classify(facts), *expected, "{scenario}: {facts:?}");
+        }
+    }
+
+    #[test]
+    fn sent_resets_without_a_reason_fall_back_on_the_socket() {
+        let none = |state, prior, facts| ResetFacts {
+            direction: Direction::Sent,
+            reason: None,
+            state,
+            prior_state: prior,
+            facts,
+        };
+        let table: &[(&str, ResetFacts, Cause)] = &[
+            ("unread", none(CLOSE, ESTABLISHED, FULL | UNREAD_DATA), Cause::CloseWithUnreadData),
+            ("listener closed", none(CLOSE, ESTABLISHED, FULL | ORPHAN), Cause::ListenerClosed),
+            ("linger 0", none(CLOSE, ESTABLISHED, FULL | LINGER_ZERO), Cause::LingerZeroClose),
+            ("linger 0 in LAST_ACK", none(CLOSE, LAST_ACK, FULL | LINGER_ZERO | UNSENT_DATA), Cause::DisconnectWithUnsentData),
+            ("listener ACK", none(LISTEN, 0, TRIGGER | TRIGGER_ACK), Cause::UnknownConnection),
+            ("time-wait data", none(TIME_WAIT, 0, TRIGGER | TRIGGER_ACK | TW_FIN_WAIT2), Cause::DataAfterClose),
+            ("unknown", none(ESTABLISHED, 0, FULL), Cause::Other),
+        ];
+        for (scenario, facts, expected) in table {
+            assert_eq!(classify(facts), *expected, "{scenario}: {facts:?}");
+        }
+    }
+
+    #[test]
+    fn reason_names_parse_with_or_without_prefix() {
+        assert_eq!(RstReason::from_name("SK_RST_REASON_NO_SOCKET"), NoSocket);
+        assert_eq!(RstReason::from_name("TCP_STATE"), State);
+        assert_eq!(RstReason::from_name("MPTCP_RST_EUNSPEC"), Other);
+    }
+
+    #[test]
+    fn state_label_prefers_the_prior_state_of_closed_sockets() {
+        assert_eq!(sent(State, CLOSE, ESTABLISHED, 0).state_before(), ESTABLISHED);
+        assert_eq!(sent(State, CLOSE, 0, 0).state_before(), CLOSE);
+        assert_eq!(received(CLOSE_WAIT, 0).state_before(), CLOSE_WAIT);
+        assert_eq!(state_label(0), "none");
+        assert_eq!(state_label(CLOSE_WAIT), "close_wait");
+    }
+}

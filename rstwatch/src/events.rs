@@ -1,0 +1,191 @@
+//! Per-reset events from the ring buffer: decoded, classified, and with the kernel's own false
+//! "received" resets filtered out.
+
+use std::{
+    collections::VecDeque,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::Duration,
+};
+
+use rstwatch_common::{ResetEvent, event_flag, fact};
+
+use crate::{
+    causes::{Cause, Direction},
+    classify::{classify, state_label},
+    counts::Classifier,
+};
+
+/// One reset, as the daemon reports it.
+#[derive(Clone, Debug)]
+pub struct Reset {
+    pub direction: Direction,
+    pub cause: Cause,
+    /// The kernel's `sk_rst_reason` name, where it gives one.
+    pub reason: Option<String>,
+    pub state: &'static str,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub service_port: u16,
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: String,
+    pub age: Option<Duration>,
+    /// Time since the last segment from the peer.
+    pub idle: Option<Duration>,
+    /// Time since this side last sent data.
+    pub since_last_send: Option<Duration>,
+    pub bytes_received: Option<u64>,
+    pub bytes_acked: Option<u64>,
+    pub orphan: bool,
+    pub linger_zero: bool,
+    pub unread_bytes: u32,
+    pub unsent_bytes: u32,
+    /// Flags and payload length of the segment a sent reset answered.
+    pub trigger: Option<(u8, u32)>,
+    pub monotonic_ns: u64,
+    pub skaddr: u64,
+}
+
+pub struct Decoder {
+    pub classifier: Classifier,
+    pub hz: u32,
+}
+
+impl Decoder {
+    pub fn decode(&self, ev: &ResetEvent) -> Reset {
+        let facts = self.classifier.facts(&ev.key);
+        let full = ev.key.facts & fact::FULL_SOCKET != 0;
+        let jiffies = |stamp: u32| {
+            (full && stamp != 0).then(|| jiffies_to_duration(ev.now_jiffies.wrapping_sub(stamp), self.hz))
+        };
+        let last_receive = later(ev.rcv_tstamp, ev.lrcvtime);
+        Reset {
+            direction: facts.direction,
+            cause: classify(&facts),
+            reason: facts.reason.and_then(|_| self.classifier.reason_names.get(&ev.key.reason).cloned()),
+            state: state_label(facts.state_before()),
+            local: socket_addr(ev.family, &ev.local_addr, ev.local_port),
+            remote: socket_addr(ev.family, &ev.remote_addr, ev.remote_port),
+            service_port: ev.key.port,
+            pid: ev.pid,
+            tgid: ev.tgid,
+            comm: comm(&ev.comm),
+            age: (ev.flags & event_flag::BIRTH_KNOWN != 0)
+                .then(|| Duration::from_nanos(ev.ts_ns.saturating_sub(ev.birth_ns))),
+            idle: jiffies(last_receive),
+            since_last_send: jiffies(ev.lsndtime),
+            bytes_received: full.then_some(ev.bytes_received),
+            bytes_acked: full.then_some(ev.bytes_acked),
+            orphan: ev.key.facts & fact::ORPHAN != 0,
+            linger_zero: ev.key.facts & fact::LINGER_ZERO != 0,
+            unread_bytes: ev.unread_bytes,
+            unsent_bytes: ev.unsent_bytes,
+            trigger: (ev.key.facts & fact::TRIGGER != 0).then_some((ev.trigger_flags, ev.trigger_payload)),
+            monotonic_ns: ev.ts_ns,
+            skaddr: ev.skaddr,
+        }
+    }
+}
+
+/// Received resets on closing sockets may be the kernel's own (data on a closing orphan): the
+/// sent reset that follows on the same socket says so. Hold them briefly until we know.
+pub struct FalseReceiveFilter {
+    held: VecDeque<(u64, ResetEvent)>,
+}
+
+/// Both tracepoints fire in one softirq; the ring buffer delivers them together or nearly so.
+const HOLD_NS: u64 = 50_000_000;
+
+impl FalseReceiveFilter {
+    pub fn new() -> Self {
+        FalseReceiveFilter { held: VecDeque::new() }
+    }
+
+    /// Feed one event; returns the events that are now known to be real, in order.
+    pub fn push(&mut self, ev: ResetEvent, out: &mut Vec<ResetEvent>) {
+        if ev.flags & event_flag::UNDID_FALSE_RECEIVE != 0 {
+            self.held.retain(|(_, held)| held.skaddr != ev.skaddr);
+        }
+        self.release_older_than(ev.ts_ns, out);
+        if ev.flags & event_flag::RECEIVE_WHILE_CLOSING != 0 {
+            self.held.push_back((ev.ts_ns, ev));
+        } else {
+            out.push(ev);
+        }
+    }
+
+    /// Release what has been held long enough, given the current monotonic time.
+    pub fn release_older_than(&mut self, now_ns: u64, out: &mut Vec<ResetEvent>) {
+        while let Some((ts, _)) = self.held.front() {
+            if now_ns.saturating_sub(*ts) < HOLD_NS {
+                break;
+            }
+            out.push(self.held.pop_front().expect("front exists").1);
+        }
+    }
+}
+
+pub fn jiffies_to_duration(jiffies: u32, hz: u32) -> Duration {
+    // A "negative" difference is a stamp taken after the event (races on another CPU): call it 0.
+    let jiffies = if (jiffies as i32) < 0 { 0 } else { jiffies as u64 };
+    Duration::from_nanos(jiffies * 1_000_000_000 / hz.max(1) as u64)
+}
+
+fn later(a: u32, b: u32) -> u32 {
+    if (a.wrapping_sub(b) as i32) >= 0 { a } else { b }
+}
+
+fn socket_addr(family: u16, addr: &[u8; 16], port: u16) -> SocketAddr {
+    let ip = if family == libc::AF_INET6 as u16 {
+        IpAddr::V6(Ipv6Addr::from(*addr))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
+    };
+    SocketAddr::new(ip, port)
+}
+
+fn comm(raw: &[u8; 16]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+/// `ResetEvent` from ring-buffer bytes; None if the size is not ours (a build mismatch).
+pub fn from_bytes(bytes: &[u8]) -> Option<ResetEvent> {
+    (bytes.len() >= size_of::<ResetEvent>())
+        .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<ResetEvent>()) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(ts_ns: u64, skaddr: u64, flags: u32) -> ResetEvent {
+        let mut ev: ResetEvent = unsafe { std::mem::zeroed() };
+        ev.ts_ns = ts_ns;
+        ev.skaddr = skaddr;
+        ev.flags = flags;
+        ev
+    }
+
+    #[test]
+    fn a_false_receive_is_dropped_and_a_real_one_released_after_the_hold() {
+        let mut filter = FalseReceiveFilter::new();
+        let mut out = Vec::new();
+        filter.push(event(1_000, 0xa, event_flag::RECEIVE_WHILE_CLOSING), &mut out);
+        filter.push(event(2_000, 0xa, event_flag::UNDID_FALSE_RECEIVE), &mut out);
+        assert_eq!(out.iter().map(|e| e.ts_ns).collect::<Vec<_>>(), vec![2_000]);
+
+        out.clear();
+        filter.push(event(3_000, 0xb, event_flag::RECEIVE_WHILE_CLOSING), &mut out);
+        filter.push(event(4_000, 0xc, 0), &mut out);
+        assert_eq!(out.iter().map(|e| e.ts_ns).collect::<Vec<_>>(), vec![4_000]);
+        filter.release_older_than(3_000 + HOLD_NS, &mut out);
+        assert_eq!(out.iter().map(|e| e.ts_ns).collect::<Vec<_>>(), vec![4_000, 3_000]);
+    }
+
+    #[test]
+    fn jiffies_convert_at_the_kernel_hz_and_never_go_negative() {
+        assert_eq!(jiffies_to_duration(250, 250), Duration::from_secs(1));
+        assert_eq!(jiffies_to_duration(u32::MAX, 250), Duration::ZERO);
+    }
+}

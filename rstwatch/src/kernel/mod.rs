@@ -1,0 +1,429 @@
+//! Everything the eBPF programs need to know about the running kernel, resolved once at
+//! start-up: tracepoint record layouts (tracefs), struct member offsets and enum values (BTF),
+//! CONFIG_HZ and the ephemeral port range. Nothing here is compiled in for one kernel.
+
+pub mod btf;
+pub mod clock;
+pub mod tracefs;
+
+use std::collections::BTreeMap;
+use std::fmt::Display;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use rstwatch_common::{ABSENT, Config, FieldOffset};
+
+use self::btf::KernelBtf;
+use self::tracefs::EventFormat;
+
+const REASON_PREFIX: &str = "SK_RST_REASON_";
+
+pub struct KernelLayout {
+    pub config: Config,
+    pub hz: u32,
+    /// `enum sk_rst_reason` as this kernel numbers it, names without `SK_RST_REASON_`.
+    pub reason_names: BTreeMap<u16, String>,
+    pub release: String,
+    pub send_reset_has_reason: bool,
+    pub send_reset_has_state: bool,
+}
+
+impl KernelLayout {
+    /// This kernel's number for a reset reason (`NO_SOCKET` or `SK_RST_REASON_NO_SOCKET`).
+    pub fn reason_value(&self, name: &str) -> Option<u16> {
+        let name = name.strip_prefix(REASON_PREFIX).unwrap_or(name);
+        self.reason_names
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(v, _)| *v)
+    }
+}
+
+pub fn resolve(idle_threshold: Duration) -> Result<KernelLayout> {
+    let release = release()?;
+    let tracefs = tracefs::ensure_mounted()?;
+    let send = tracefs::read_format(&tracefs, "tcp", "tcp_send_reset")?;
+    let recv = tracefs::read_format(&tracefs, "tcp", "tcp_receive_reset")?;
+    let set_state = tracefs::read_format(&tracefs, "sock", "inet_sock_set_state")?;
+    let mut config = tracepoint_offsets(&send, &recv, &set_state)?;
+
+    let btf = KernelBtf::vmlinux()?;
+    btf_offsets(&btf, &mut config)?;
+    let linger = btf.enum_value("sock_flags", "SOCK_LINGER")?;
+    config.sock_linger_bit = fit("SOCK_LINGER of enum sock_flags", linger)?;
+
+    let hz = clock::hz()?;
+    config.idle_threshold_jiffies = idle_jiffies(idle_threshold, hz)?;
+    (config.ephemeral_port_low, config.ephemeral_port_high) = clock::ephemeral_port_range()?;
+
+    let (reason_names, reasons_from) = match btf.enum_values("sk_rst_reason") {
+        Ok(values) => (reason_table(values)?, "BTF enum sk_rst_reason"),
+        Err(e) => {
+            log::debug!("{e:#}; naming reasons from the tcp_send_reset print fmt");
+            let values = tracefs::symbolic_values(&send.print_fmt, "reason");
+            (reason_table(values)?, "tcp_send_reset print fmt")
+        }
+    };
+
+    let layout = KernelLayout {
+        config,
+        hz,
+        reason_names,
+        release,
+        send_reset_has_reason: config.send_reason != ABSENT,
+        send_reset_has_state: config.send_state != ABSENT,
+    };
+    log_summary(&layout, idle_threshold, reasons_from);
+    Ok(layout)
+}
+
+/// `uname -r`.
+pub fn release() -> Result<String> {
+    let path = "/proc/sys/kernel/osrelease";
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    Ok(text.trim().to_string())
+}
+
+/// `Config::UNSET` with the tracepoint record offsets filled in from the three formats.
+pub fn tracepoint_offsets(
+    send: &EventFormat,
+    recv: &EventFormat,
+    set_state: &EventFormat,
+) -> Result<Config> {
+    for (event, name) in [(send, "tcp_send_reset"), (recv, "tcp_receive_reset")] {
+        if event.name != name {
+            bail!("expected the format of {name}, got {}", event.name);
+        }
+    }
+    if set_state.name != "inet_sock_set_state" {
+        bail!(
+            "expected the format of inet_sock_set_state, got {}",
+            set_state.name
+        );
+    }
+    const PTR: &[u32] = &[size_of::<usize>() as u32];
+    let mut c = Config::UNSET;
+    c.send_skaddr = required(send, "skaddr", PTR)?;
+    c.send_skbaddr = required(send, "skbaddr", PTR)?;
+    // Before 5.4 there is no state, before 6.10 no reason.
+    c.send_state = optional(send, "state", &[4])?;
+    c.send_reason = optional(send, "reason", &[4])?;
+    c.recv_skaddr = required(recv, "skaddr", PTR)?;
+    // Before 4.19 there is no cookie.
+    c.recv_cookie = optional(recv, "sock_cookie", &[8])?;
+    c.set_state_skaddr = required(set_state, "skaddr", PTR)?;
+    c.set_state_oldstate = required(set_state, "oldstate", &[4])?;
+    c.set_state_newstate = required(set_state, "newstate", &[4])?;
+    // u16 since MPTCP (IPPROTO_MPTCP = 262), u8 before.
+    c.set_state_protocol = required(set_state, "protocol", &[1, 2])?;
+    c.set_state_protocol_size = set_state.field("protocol").map_or(0, |f| f.size as u16);
+    Ok(c)
+}
+
+fn optional(event: &EventFormat, name: &str, sizes: &[u32]) -> Result<FieldOffset> {
+    let Some(field) = event.field(name) else {
+        return Ok(ABSENT);
+    };
+    if !sizes.contains(&field.size) {
+        bail!(
+            "field {name} of tracepoint {} is {} bytes; rstwatch reads {sizes:?}",
+            event.name,
+            field.size
+        );
+    }
+    fit(
+        format_args!("offset of {name} in tracepoint {}", event.name),
+        field.offset,
+    )
+}
+
+fn required(event: &EventFormat, name: &str, sizes: &[u32]) -> Result<FieldOffset> {
+    match optional(event, name, sizes)? {
+        ABSENT => Err(anyhow!(
+            "tracepoint {} has no field {name}, which rstwatch needs",
+            event.name
+        )),
+        offset => Ok(offset),
+    }
+}
+
+type Slot = fn(&mut Config) -> &mut u16;
+
+const PTR: u32 = size_of::<usize>() as u32;
+/// C `long` and `unsigned long`, on the LP64 targets rstwatch runs on.
+const LONG: u32 = PTR;
+
+/// Config field, where it lives (the first path this kernel has), and the size the programs
+/// read it with. Members move: 6.18 keeps `sk_flags` in `sock_common` as `skc_flags`.
+#[rustfmt::skip]
+const BTF_FIELDS: &[(&str, Slot, &str, &[&str], u32)] = &[
+    ("sk_state", |c| &mut c.sk_state, "sock", &["__sk_common.skc_state"], 1),
+    ("sk_family", |c| &mut c.sk_family, "sock", &["__sk_common.skc_family"], 2),
+    ("sk_num", |c| &mut c.sk_num, "sock", &["__sk_common.skc_num"], 2),
+    ("sk_dport", |c| &mut c.sk_dport, "sock", &["__sk_common.skc_dport"], 2),
+    ("sk_daddr", |c| &mut c.sk_daddr, "sock", &["__sk_common.skc_daddr"], 4),
+    ("sk_rcv_saddr", |c| &mut c.sk_rcv_saddr, "sock", &["__sk_common.skc_rcv_saddr"], 4),
+    ("sk_v6_daddr", |c| &mut c.sk_v6_daddr, "sock", &["__sk_common.skc_v6_daddr"], 16),
+    ("sk_v6_rcv_saddr", |c| &mut c.sk_v6_rcv_saddr, "sock", &["__sk_common.skc_v6_rcv_saddr"], 16),
+    ("sk_socket", |c| &mut c.sk_socket, "sock", &["sk_socket"], PTR),
+    ("sk_flags", |c| &mut c.sk_flags, "sock", &["sk_flags", "__sk_common.skc_flags"], LONG),
+    ("sk_lingertime", |c| &mut c.sk_lingertime, "sock", &["sk_lingertime"], LONG),
+    ("tcp_bytes_received", |c| &mut c.tcp_bytes_received, "tcp_sock", &["bytes_received"], 8),
+    ("tcp_bytes_acked", |c| &mut c.tcp_bytes_acked, "tcp_sock", &["bytes_acked"], 8),
+    ("tcp_rcv_nxt", |c| &mut c.tcp_rcv_nxt, "tcp_sock", &["rcv_nxt"], 4),
+    ("tcp_copied_seq", |c| &mut c.tcp_copied_seq, "tcp_sock", &["copied_seq"], 4),
+    ("tcp_write_seq", |c| &mut c.tcp_write_seq, "tcp_sock", &["write_seq"], 4),
+    ("tcp_snd_nxt", |c| &mut c.tcp_snd_nxt, "tcp_sock", &["snd_nxt"], 4),
+    ("tcp_lsndtime", |c| &mut c.tcp_lsndtime, "tcp_sock", &["lsndtime"], 4),
+    ("tcp_rcv_tstamp", |c| &mut c.tcp_rcv_tstamp, "tcp_sock", &["rcv_tstamp"], 4),
+    ("icsk_lrcvtime", |c| &mut c.icsk_lrcvtime, "tcp_sock", &["inet_conn.icsk_ack.lrcvtime"], 4),
+    ("tw_substate", |c| &mut c.tw_substate, "inet_timewait_sock", &["tw_substate"], 1),
+    ("skb_data", |c| &mut c.skb_data, "sk_buff", &["data"], PTR),
+    ("skb_len", |c| &mut c.skb_len, "sk_buff", &["len"], 4),
+    ("skb_head", |c| &mut c.skb_head, "sk_buff", &["head"], PTR),
+    ("skb_network_header", |c| &mut c.skb_network_header, "sk_buff", &["network_header"], 2),
+];
+
+fn btf_offsets(btf: &KernelBtf, config: &mut Config) -> Result<()> {
+    for &(field, slot, strukt, paths, size) in BTF_FIELDS {
+        let mut last_error = None;
+        let found = paths
+            .iter()
+            .find_map(|&path| match btf.member(strukt, path) {
+                Ok(member) => Some((path, member)),
+                Err(e) => last_error.replace(e).and(None),
+            });
+        let Some((path, member)) = found else {
+            let e = last_error.expect("every field has a path");
+            return Err(e.context(format!("{field}: struct {strukt} has none of {paths:?}")));
+        };
+        if member.size != size {
+            bail!(
+                "struct {strukt} member {path} is {} bytes on this kernel, but the programs read \
+                 {field} as {size} bytes",
+                member.size
+            );
+        }
+        *slot(config) = fit(format_args!("offset of {strukt}.{path}"), member.offset)?;
+    }
+    Ok(())
+}
+
+/// Converts, or says which value does not fit the type the programs use.
+fn fit<T, V>(what: impl Display, value: V) -> Result<T>
+where
+    T: TryFrom<V>,
+    V: Copy + Display,
+{
+    T::try_from(value).map_err(|_| {
+        anyhow!(
+            "{what} is {value}, which does not fit {}",
+            std::any::type_name::<T>()
+        )
+    })
+}
+
+/// The threshold in whole jiffies, rounded up so that a short threshold never becomes 0.
+fn idle_jiffies(threshold: Duration, hz: u32) -> Result<u32> {
+    let jiffies = (threshold.as_nanos() * hz as u128)
+        .div_ceil(1_000_000_000)
+        .max(1);
+    fit(
+        format_args!("idle threshold {threshold:?} in jiffies at HZ={hz}"),
+        jiffies,
+    )
+}
+
+fn reason_table(values: Vec<(i64, String)>) -> Result<BTreeMap<u16, String>> {
+    values
+        .into_iter()
+        .map(|(v, name)| {
+            let v = fit(format_args!("sk_rst_reason {name}"), v)?;
+            Ok((
+                v,
+                name.strip_prefix(REASON_PREFIX)
+                    .unwrap_or(&name)
+                    .to_string(),
+            ))
+        })
+        .collect()
+}
+
+fn log_summary(layout: &KernelLayout, idle: Duration, reasons_from: &str) {
+    let c = &layout.config;
+    let yes_no = |present: bool| if present { "yes" } else { "no" };
+    log::info!(
+        "kernel {} resolved (HZ {}):\n  tcp:tcp_send_reset: state {}, reason {} ({} reason names \
+         from {reasons_from})\n  tcp:tcp_receive_reset: sock_cookie {}\n  \
+         sock:inet_sock_set_state: protocol is {} bytes\n  idle threshold {idle:?} = {} \
+         jiffies; ephemeral ports {}-{}",
+        layout.release,
+        layout.hz,
+        yes_no(layout.send_reset_has_state),
+        yes_no(layout.send_reset_has_reason),
+        layout.reason_names.len(),
+        yes_no(c.recv_cookie != ABSENT),
+        c.set_state_protocol_size,
+        c.idle_threshold_jiffies,
+        c.ephemeral_port_low,
+        c.ephemeral_port_high,
+    );
+    log::debug!("kernel offsets: {c:#?}");
+    log::debug!("reset reasons: {:?}", layout.reason_names);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tracefs::parse_format;
+    use super::*;
+
+    fn fixture(kernel: &str, event: &str) -> EventFormat {
+        let text = match (kernel, event) {
+            ("6.18", "tcp_send_reset") => include_str!("fixtures/6.18/tcp_send_reset.format"),
+            ("6.18", "tcp_receive_reset") => include_str!("fixtures/6.18/tcp_receive_reset.format"),
+            ("6.18", "inet_sock_set_state") => {
+                include_str!("fixtures/6.18/inet_sock_set_state.format")
+            }
+            ("6.1", "tcp_send_reset") => include_str!("fixtures/6.1/tcp_send_reset.format"),
+            ("6.1", "tcp_receive_reset") => include_str!("fixtures/6.1/tcp_receive_reset.format"),
+            _ => panic!("no fixture {kernel}/{event}"),
+        };
+        parse_format(text).unwrap()
+    }
+
+    #[test]
+    fn offsets_of_6_18() {
+        let c = tracepoint_offsets(
+            &fixture("6.18", "tcp_send_reset"),
+            &fixture("6.18", "tcp_receive_reset"),
+            &fixture("6.18", "inet_sock_set_state"),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.send_skbaddr, c.send_skaddr, c.send_state, c.send_reason),
+            (8, 16, 24, 28)
+        );
+        assert_eq!((c.recv_skaddr, c.recv_cookie), (8, 64));
+        assert_eq!(
+            (
+                c.set_state_skaddr,
+                c.set_state_oldstate,
+                c.set_state_newstate
+            ),
+            (8, 16, 20)
+        );
+        assert_eq!((c.set_state_protocol, c.set_state_protocol_size), (30, 2));
+    }
+
+    #[test]
+    fn offsets_of_6_1() {
+        // Debian 12's 6.1 has no reason; its inet_sock_set_state matches 6.18's.
+        let c = tracepoint_offsets(
+            &fixture("6.1", "tcp_send_reset"),
+            &fixture("6.1", "tcp_receive_reset"),
+            &fixture("6.18", "inet_sock_set_state"),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.send_skbaddr, c.send_skaddr, c.send_state, c.send_reason),
+            (8, 16, 24, ABSENT)
+        );
+        assert_eq!((c.recv_skaddr, c.recv_cookie), (8, 64));
+    }
+
+    #[test]
+    fn old_and_wrong_layouts() {
+        let set_state = fixture("6.18", "inet_sock_set_state");
+        let recv = fixture("6.18", "tcp_receive_reset");
+        let mut old = set_state.clone();
+        old.fields
+            .iter_mut()
+            .find(|f| f.name == "protocol")
+            .unwrap()
+            .size = 1;
+        let mut send = fixture("6.1", "tcp_send_reset");
+        send.fields.retain(|f| f.name != "state");
+        let c = tracepoint_offsets(&send, &recv, &old).unwrap();
+        assert_eq!((c.send_state, c.set_state_protocol_size), (ABSENT, 1));
+
+        let err = |s: &EventFormat, r: &EventFormat, t: &EventFormat| {
+            format!("{:#}", tracepoint_offsets(s, r, t).unwrap_err())
+        };
+        assert!(err(&recv, &recv, &set_state).contains("expected the format of tcp_send_reset"));
+        send.fields.retain(|f| f.name != "skaddr");
+        assert!(err(&send, &recv, &set_state).contains("no field skaddr"));
+        let mut send = fixture("6.18", "tcp_send_reset");
+        send.fields
+            .iter_mut()
+            .find(|f| f.name == "reason")
+            .unwrap()
+            .size = 2;
+        assert!(err(&send, &recv, &set_state).contains("reason"));
+    }
+
+    #[test]
+    fn idle_threshold_in_jiffies() {
+        assert_eq!(idle_jiffies(Duration::from_secs(5), 250).unwrap(), 1250);
+        assert_eq!(idle_jiffies(Duration::from_millis(10), 300).unwrap(), 3);
+        assert_eq!(idle_jiffies(Duration::from_nanos(1), 100).unwrap(), 1);
+        assert_eq!(idle_jiffies(Duration::ZERO, 1000).unwrap(), 1);
+        assert!(idle_jiffies(Duration::from_secs(u64::MAX / 2), 1000).is_err());
+    }
+
+    #[test]
+    fn reason_names_from_the_print_fmt() {
+        let send = fixture("6.18", "tcp_send_reset");
+        let names = reason_table(tracefs::symbolic_values(&send.print_fmt, "reason")).unwrap();
+        let layout = KernelLayout {
+            config: Config::UNSET,
+            hz: 250,
+            reason_names: names,
+            release: String::new(),
+            send_reset_has_reason: true,
+            send_reset_has_state: true,
+        };
+        assert_eq!(layout.reason_value("NO_SOCKET"), Some(1));
+        assert_eq!(layout.reason_value("SK_RST_REASON_TCP_STATE"), Some(14));
+        assert_eq!(layout.reason_value("NOPE"), None);
+        assert!(reason_table(vec![(70000, "BIG".into())]).is_err());
+        assert!(reason_table(vec![(-1, "NEG".into())]).is_err());
+    }
+
+    #[test]
+    fn live_btf_fills_every_field() {
+        let Some(btf) = btf::live_for_tests() else {
+            return;
+        };
+        let mut c = Config::UNSET;
+        btf_offsets(&btf, &mut c).unwrap();
+        // __sk_common is at offset 0 of struct sock, so these agree with sock_common's.
+        assert_eq!(
+            c.sk_v6_daddr as u32,
+            btf.member("sock_common", "skc_v6_daddr").unwrap().offset
+        );
+        assert_eq!(c.sk_rcv_saddr, c.sk_daddr + 4);
+        assert_eq!(c.sk_num, c.sk_dport + 2);
+        assert!(c.sk_socket > c.sk_state && c.tcp_bytes_received > c.sk_socket);
+        assert!(c.skb_head != c.skb_data && c.skb_network_header != 0);
+        let reasons = reason_table(btf.enum_values("sk_rst_reason").unwrap()).unwrap();
+        assert_eq!(reasons.get(&1).map(String::as_str), Some("NO_SOCKET"));
+        eprintln!("{c:#?}\n{reasons:?}");
+    }
+
+    #[test]
+    fn live_resolve_when_tracefs_is_mounted() {
+        // Never mount from a unit test: only run where tracefs and BTF are already there.
+        let mounted =
+            std::path::Path::new("/sys/kernel/tracing/events/tcp/tcp_send_reset").exists();
+        if !mounted || btf::live_for_tests().is_none() {
+            eprintln!("skipping: no tracefs mount or no BTF");
+            return;
+        }
+        let layout = resolve(Duration::from_secs(5)).unwrap();
+        assert!(layout.config.send_skaddr != ABSENT && layout.config.idle_threshold_jiffies > 0);
+        assert_eq!(layout.config.idle_threshold_jiffies, 5 * layout.hz);
+        if layout.send_reset_has_reason {
+            assert_eq!(layout.reason_value("NO_SOCKET"), Some(1));
+        }
+    }
+}

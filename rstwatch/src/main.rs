@@ -1,0 +1,85 @@
+//! rstwatch: every TCP reset on this host, counted by cause.
+
+mod causes;
+mod classify;
+mod counts;
+mod daemon;
+mod events;
+mod http;
+mod kernel;
+mod metrics;
+mod probes;
+
+use std::{net::SocketAddr, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(version, about = "Explains every TCP reset on this host: who, when in the connection's life, and why.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: count every reset by cause and serve Prometheus metrics.
+    Run {
+        /// Where to serve /metrics and /healthz. Loopback by default; use 0.0.0.0:9977 to let a
+        /// Prometheus on another host scrape it.
+        #[arg(long, default_value = "127.0.0.1:9977")]
+        metrics_addr: SocketAddr,
+        /// A received reset on a connection idle at least this long before its last send counts
+        /// as `idle_reset` (e.g. 30s, 2m).
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        idle_threshold: Duration,
+        /// Distinct service ports that get their own `port` label; the rest are `other`.
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=65535))]
+        max_ports: u32,
+        /// Size of the kernel-to-daemon event ring buffer in KiB (a power of two, at least 4).
+        /// Counters are exact whatever its size; it bounds how many event details survive a burst.
+        #[arg(long, default_value_t = 4096, value_parser = parse_ring_kib)]
+        ring_buffer_kib: u32,
+    },
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|err| format!("{err} (try 30s, 2m, 1h)"))?;
+    if duration.is_zero() {
+        return Err("must be more than 0".into());
+    }
+    Ok(duration)
+}
+
+fn parse_ring_kib(text: &str) -> Result<u32, String> {
+    let kib: u32 = text.parse().map_err(|err| format!("{err}"))?;
+    if kib < 4 || !kib.is_power_of_two() || kib > 1024 * 1024 {
+        return Err(format!("{kib} is not a power of two between 4 and 1048576"));
+    }
+    Ok(kib)
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { metrics_addr, idle_threshold, max_ports, ring_buffer_kib } => {
+            let options = daemon::RunOptions {
+                metrics_addr,
+                idle_threshold,
+                max_ports: max_ports as usize,
+                ring_buffer_bytes: ring_buffer_kib * 1024,
+            };
+            tokio::runtime::Runtime::new()
+                .map_err(anyhow::Error::from)
+                .and_then(|runtime| runtime.block_on(daemon::run(options)))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("rstwatch: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

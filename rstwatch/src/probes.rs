@@ -1,0 +1,103 @@
+//! Loading the eBPF object with this kernel's layout and attaching its programs.
+
+use anyhow::{Context as _, bail};
+use aya::{Ebpf, EbpfLoader, programs::TracePoint};
+use log::{info, warn};
+
+use crate::kernel::KernelLayout;
+
+/// One program of the object and the tracepoint it belongs on.
+pub struct ProbeSpec {
+    /// Label value of `rstwatch_probe_attached{probe}`.
+    pub name: &'static str,
+    pub program: &'static str,
+    pub category: &'static str,
+    pub event: &'static str,
+    /// Without it rstwatch cannot do its job; without the others it only knows less.
+    pub required: bool,
+}
+
+pub const PROBES: &[ProbeSpec] = &[
+    ProbeSpec {
+        name: "tcp_send_reset",
+        program: "rstwatch_send_reset",
+        category: "tcp",
+        event: "tcp_send_reset",
+        required: true,
+    },
+    ProbeSpec {
+        name: "tcp_receive_reset",
+        program: "rstwatch_receive_reset",
+        category: "tcp",
+        event: "tcp_receive_reset",
+        required: true,
+    },
+    ProbeSpec {
+        name: "inet_sock_set_state",
+        program: "rstwatch_set_state",
+        category: "sock",
+        event: "inet_sock_set_state",
+        required: false,
+    },
+];
+
+pub struct Probes {
+    pub ebpf: Ebpf,
+    /// (probe name, attached) for every entry of PROBES.
+    pub attached: Vec<(&'static str, bool)>,
+}
+
+pub fn load_and_attach(layout: &KernelLayout, ring_buffer_bytes: u32) -> anyhow::Result<Probes> {
+    raise_memlock_limit();
+    let mut ebpf = EbpfLoader::new()
+        .override_global("CONFIG", &layout.config, true)
+        .map_max_entries("EVENTS", ring_buffer_bytes)
+        .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rstwatch")))
+        .context("loading the eBPF programs into the kernel (are you root, with CAP_BPF and CAP_PERFMON?)")?;
+
+    let mut attached = Vec::new();
+    for spec in PROBES {
+        match attach(&mut ebpf, spec) {
+            Ok(()) => attached.push((spec.name, true)),
+            Err(err) if !spec.required => {
+                warn!("{}:{} not attached, rstwatch will know less: {err:#}", spec.category, spec.event);
+                attached.push((spec.name, false));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    info!(
+        "attached: {}",
+        attached
+            .iter()
+            .map(|(name, ok)| format!("{name}={}", if *ok { "yes" } else { "no" }))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    Ok(Probes { ebpf, attached })
+}
+
+fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec) -> anyhow::Result<()> {
+    let Some(program) = ebpf.program_mut(spec.program) else {
+        bail!("program {} missing from the eBPF object (build problem)", spec.program);
+    };
+    let program: &mut TracePoint = program.try_into()?;
+    program.load().with_context(|| {
+        format!("the kernel's verifier rejected the program for {}:{}", spec.category, spec.event)
+    })?;
+    program.attach(spec.category, spec.event).with_context(|| {
+        format!(
+            "attaching to tracepoint {}:{} (does /sys/kernel/tracing/events/{}/{} exist?)",
+            spec.category, spec.event, spec.category, spec.event
+        )
+    })?;
+    Ok(())
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; newer ones ignore it.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        log::debug!("could not raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+    }
+}
