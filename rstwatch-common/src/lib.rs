@@ -176,7 +176,9 @@ pub struct Config {
     // struct member offsets (BTF)
     pub sk_state: u16,
     pub sk_family: u16,
-    pub sk_num: u16,
+    /// `inet_sock.inet_sport` (network order): unlike `skc_num`, it survives the unhash that
+    /// tcp_set_state(CLOSE) does just before most active resets.
+    pub inet_sport: u16,
     pub sk_dport: u16,
     pub sk_daddr: u16,
     pub sk_rcv_saddr: u16,
@@ -225,7 +227,7 @@ impl Config {
         set_state_protocol_size: 0,
         sk_state: 0,
         sk_family: 0,
-        sk_num: 0,
+        inet_sport: 0,
         sk_dport: 0,
         sk_daddr: 0,
         sk_rcv_saddr: 0,

@@ -19,12 +19,12 @@ pub fn tw_substate(ev: &mut ResetEvent, sk: u64) -> u8 {
     substate
 }
 
-/// Local and remote endpoints from `sock_common` (valid for every kind of socket).
+/// Local and remote endpoints of a full socket.
 #[inline(always)]
 pub fn addresses(ev: &mut ResetEvent, sk: u64) {
     let family = kernel::<u16>(sk, conf!(sk_family)).unwrap_or(0);
     ev.family = family;
-    ev.local_port = kernel::<u16>(sk, conf!(sk_num)).unwrap_or(0);
+    ev.local_port = u16::from_be(kernel::<u16>(sk, conf!(inet_sport)).unwrap_or(0));
     ev.remote_port = u16::from_be(kernel::<u16>(sk, conf!(sk_dport)).unwrap_or(0));
     if family == AF_INET6 {
         ev.local_addr = kernel::<[u8; 16]>(sk, conf!(sk_v6_rcv_saddr)).unwrap_or([0; 16]);

@@ -92,6 +92,10 @@ impl ResetFacts {
     pub fn state_before(&self) -> u8 {
         if self.direction == Direction::Sent && self.state == tcp_state::CLOSE && self.prior_state != 0 {
             self.prior_state
+        } else if self.state == tcp_state::TIME_WAIT && self.has(fact::TW_FIN_WAIT2) {
+            // The kernel keeps a closed-first FIN_WAIT2 connection as a time-wait mini-socket; for
+            // the person reading the label it is still FIN_WAIT2.
+            tcp_state::FIN_WAIT2
         } else {
             self.state
         }
@@ -335,6 +339,8 @@ mod tests {
         assert_eq!(sent(State, CLOSE, ESTABLISHED, 0).state_before(), ESTABLISHED);
         assert_eq!(sent(State, CLOSE, 0, 0).state_before(), CLOSE);
         assert_eq!(received(CLOSE_WAIT, 0).state_before(), CLOSE_WAIT);
+        assert_eq!(sent(TimewaitSocket, TIME_WAIT, 0, TW_FIN_WAIT2).state_before(), FIN_WAIT2);
+        assert_eq!(sent(TimewaitSocket, TIME_WAIT, 0, 0).state_before(), TIME_WAIT);
         assert_eq!(state_label(0), "none");
         assert_eq!(state_label(CLOSE_WAIT), "close_wait");
     }

@@ -1,1 +1,114 @@
-fn main() {}
+//! Developer commands: `cargo xtask run` (set up, build, run the daemon) and `cargo xtask test`
+//! (set up, build, run every test). Set-up is idempotent: it installs only what is missing.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "rstwatch developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building needs (nightly rust-src, LLVM 22, bpf-linker), if missing.
+    Setup,
+    /// Set up, build the release binary and run `rstwatch run` with the given arguments.
+    Run {
+        /// Arguments for `rstwatch run`, after `--` (e.g. `-- --metrics-addr 0.0.0.0:9977`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run every test: unit tests, then the root integration tests against real
+    /// resets and the real binary.
+    Test {
+        /// Extra arguments for the test harness (after `--`), e.g. a test name filter.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let root = workspace_root();
+    match cli.command {
+        Task::Setup => setup::ensure_build_tools(),
+        Task::Run { args } => {
+            setup::ensure_build_tools()?;
+            let binary = build_release(&root)?;
+            setup::say(&format!("running {} run {}", binary.display(), args.join(" ")));
+            exec(Command::new(binary).arg("run").args(args))
+        }
+        Task::Test { args } => {
+            setup::ensure_build_tools()?;
+            setup::ensure_test_tools()?;
+            let binary = build_release(&root)?;
+            setup::say("unit tests");
+            cargo(&root, &["test", "--release", "--workspace", "--exclude", "rstwatch-tests", "--exclude", "rstwatch-ebpf"], &args)?;
+            setup::say("root integration tests (real sockets, real resets, real /metrics)");
+            if !setup::is_root() {
+                bail!("the integration tests load eBPF programs and create network namespaces: run as root");
+            }
+            let mut command = cargo_command(&root, &["test", "--release", "-p", "rstwatch-tests"], &args);
+            command.env("RSTWATCH_BIN", &binary);
+            check(&mut command)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn build_release(root: &Path) -> anyhow::Result<PathBuf> {
+    setup::say("building target/release/rstwatch (the eBPF object is built and embedded by aya-build)");
+    cargo(root, &["build", "--release", "-p", "rstwatch"], &[])?;
+    Ok(root.join("target/release/rstwatch"))
+}
+
+fn cargo_command(root: &Path, args: &[&str], extra: &[String]) -> Command {
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command.current_dir(root).args(args);
+    if !extra.is_empty() {
+        command.arg("--").args(extra);
+    }
+    command.env("PATH", setup::path_with_cargo_bin());
+    command
+}
+
+fn cargo(root: &Path, args: &[&str], extra: &[String]) -> anyhow::Result<()> {
+    check(&mut cargo_command(root, args, extra))
+}
+
+fn check(command: &mut Command) -> anyhow::Result<()> {
+    let status = command.status().with_context(|| format!("starting {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Replace this process, so signals (Ctrl-C, SIGTERM) reach the daemon directly.
+fn exec(command: &mut Command) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let err = command.exec();
+    Err(err).with_context(|| format!("starting {command:?}"))
+}

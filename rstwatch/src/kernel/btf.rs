@@ -40,8 +40,8 @@ impl KernelBtf {
     pub fn member(&self, strukt: &str, path: &str) -> Result<MemberInfo> {
         let mut ty = self.named_struct(strukt)?;
         let mut bits = 0u32;
-        for (depth, name) in path.split('.').enumerate() {
-            let walked = path.split('.').take(depth).collect::<Vec<_>>().join(".");
+        let mut walked = String::new();
+        for name in path.split('.') {
             let (Type::Struct(s) | Type::Union(s)) = &ty else {
                 bail!(
                     "struct {strukt}: {walked} is a {}, not a struct or union",
@@ -50,12 +50,16 @@ impl KernelBtf {
             };
             let (at, member) = self
                 .find(s, name)?
-                .ok_or_else(|| anyhow!("struct {strukt} has no member {path} (no {name:?})"))?;
+                .ok_or_else(|| anyhow!("struct {strukt} has no member {path}"))?;
             if member.bitfield_size().is_some_and(|b| b != 0) || at % 8 != 0 {
                 bail!("struct {strukt} member {path} is a bitfield; rstwatch reads whole bytes");
             }
             bits += at;
             ty = self.peel(self.btf.resolve_chained_type(&member)?)?;
+            if !walked.is_empty() {
+                walked.push('.');
+            }
+            walked.push_str(name);
         }
         let size = self
             .size_of(&ty)

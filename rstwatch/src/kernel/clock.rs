@@ -162,6 +162,14 @@ mod tests {
     }
 
     #[test]
+    fn live_calibration_agrees_with_the_config() {
+        match (configured_hz(), calibrate_hz()) {
+            (Ok((configured, _)), Ok(measured)) => assert_eq!(configured, measured),
+            (a, b) => eprintln!("skipping: {:?} / {:?}", a.err(), b.err()),
+        }
+    }
+
+    #[test]
     fn live_hz_is_a_kconfig_choice() {
         match hz() {
             Ok(hz) => assert!(HZ_CHOICES.contains(&hz), "HZ={hz}"),

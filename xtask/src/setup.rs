@@ -1,0 +1,130 @@
+//! Idempotent installation of the toolchain pieces a fresh machine lacks. Each step checks first
+//! and says what it does; nothing is reinstalled when present.
+
+use std::{
+    ffi::OsString,
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+
+/// The bpf-linker that links Rust eBPF objects with Debian's LLVM 22 (ENVIRONMENT.md).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev", "libxml2-dev"];
+/// `ip` and `ss` (network namespaces, socket kills) for the integration tests.
+const TEST_PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("ss", "iproute2")];
+
+pub fn say(what: &str) {
+    eprintln!("xtask: {what}");
+}
+
+pub fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub fn ensure_build_tools() -> anyhow::Result<()> {
+    ensure_rust_src()?;
+    ensure_bpf_linker()
+}
+
+pub fn ensure_test_tools() -> anyhow::Result<()> {
+    for (tool, package) in TEST_PACKAGES {
+        if !on_path(tool) {
+            apt_install(&[package])?;
+        }
+    }
+    Ok(())
+}
+
+fn ensure_rust_src() -> anyhow::Result<()> {
+    let installed = output("rustup", &["component", "list", "--toolchain", "nightly", "--installed"])
+        .context("rustup is needed to build the eBPF side with the nightly toolchain")?;
+    if installed.lines().any(|line| line.starts_with("rust-src")) {
+        return Ok(());
+    }
+    say("installing rust-src for the nightly toolchain (build-std for bpfel-unknown-none)");
+    run("rustup", &["component", "add", "rust-src", "--toolchain", "nightly"])
+}
+
+fn ensure_bpf_linker() -> anyhow::Result<()> {
+    let current = Command::new("bpf-linker")
+        .arg("--version")
+        .env("PATH", path_with_cargo_bin())
+        .output()
+        .ok()
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned());
+    if current.as_deref().is_some_and(|version| version.contains(BPF_LINKER_VERSION)) {
+        return Ok(());
+    }
+    let missing: Vec<&str> = LLVM_PACKAGES.iter().copied().filter(|p| !dpkg_installed(p)).collect();
+    if !missing.is_empty() {
+        apt_install(&missing)?;
+    }
+    say(&format!("building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (a few minutes, once)"));
+    let path = format!("/usr/lib/llvm-22/bin:{}", path_with_cargo_bin().to_string_lossy());
+    let status = Command::new("cargo")
+        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked"])
+        .args(["--no-default-features", "--features", "llvm-22"])
+        .env("PATH", path)
+        .status()
+        .context("running cargo install bpf-linker")?;
+    if !status.success() {
+        bail!("cargo install bpf-linker failed ({status}); see its output above");
+    }
+    Ok(())
+}
+
+fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("missing Debian packages {packages:?}: run as root, or install them with apt-get");
+    }
+    say(&format!("installing Debian packages: {}", packages.join(" ")));
+    run("apt-get", &["update", "-qq"])?;
+    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    args.extend_from_slice(packages);
+    run("apt-get", &args)
+}
+
+fn dpkg_installed(package: &str) -> bool {
+    output("dpkg-query", &["-W", "-f=${Status}", package])
+        .is_ok_and(|status| status.contains("install ok installed"))
+}
+
+fn on_path(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// PATH with ~/.cargo/bin first, where `cargo install` puts bpf-linker.
+pub fn path_with_cargo_bin() -> OsString {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"));
+    let mut paths = vec![home.join("bin")];
+    if let Some(path) = std::env::var_os("PATH") {
+        paths.extend(std::env::split_paths(&path));
+    }
+    std::env::join_paths(paths).unwrap_or_default()
+}
+
+fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new(program)
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .with_context(|| format!("starting {program}"))?;
+    if !status.success() {
+        bail!("{program} {} failed: {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+fn output(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(program).args(args).output().with_context(|| format!("starting {program}"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
