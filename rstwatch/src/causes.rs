@@ -275,3 +275,34 @@ mod tests {
         }
     }
 }
+
+/// The README's cause table, rendered from `CAUSES`; a test keeps the README in step with it.
+#[cfg(test)]
+pub fn markdown_table() -> String {
+    let mut table = String::from("| direction | cause | what happened | what to do |\n|---|---|---|---|\n");
+    for info in CAUSES {
+        let directions: Vec<_> = info.directions.iter().map(|d| d.label()).collect();
+        table.push_str(&format!(
+            "| {} | `{}` | {} | {} |\n",
+            directions.join(", "),
+            info.label,
+            info.meaning.replace('|', "\\|"),
+            info.remedy.replace('|', "\\|")
+        ));
+    }
+    table
+}
+
+#[cfg(test)]
+mod readme {
+    #[test]
+    fn readme_cause_table_matches_the_code() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+            .expect("README.md at the workspace root");
+        let table = super::markdown_table();
+        assert!(
+            readme.contains(&table),
+            "README.md's cause table is out of date; replace it with:\n{table}"
+        );
+    }
+}

@@ -96,6 +96,9 @@ pub const LOST_STAGES: [(u32, &str); 3] = [
     (lost::COUNT_UNRECORDED, "count_unrecorded"),
 ];
 
+/// Resets the kernel did not let our programs see (see `prog_stats`): not counted at all.
+pub const PROBE_SKIPPED: &str = "probe_skipped";
+
 pub fn read_lost(lost_map: &PerCpuArray<MapData, u64>) -> anyhow::Result<Vec<(&'static str, u64)>> {
     LOST_STAGES
         .iter()

@@ -7,7 +7,10 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow};
-use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::{
+    maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::ProgramFd,
+};
 use log::{info, warn};
 use rstwatch_common::CountKey;
 use tokio::{
@@ -19,7 +22,9 @@ use crate::{
     counts::{self, Classifier, PortLabels},
     events::{self, Decoder, FalseReceiveFilter},
     http::{self, Exporter},
-    kernel, metrics::Metrics, probes,
+    kernel,
+    metrics::Metrics,
+    prog_stats, probes,
 };
 
 pub struct RunOptions {
@@ -36,6 +41,7 @@ struct Counters {
     lost: PerCpuArray<MapData, u64>,
     classifier: Classifier,
     ports: PortLabels,
+    reset_programs: Vec<ProgramFd>,
 }
 
 struct Shared(Mutex<Counters>);
@@ -43,10 +49,16 @@ struct Shared(Mutex<Counters>);
 impl Exporter for Shared {
     fn metrics(&self) -> anyhow::Result<Vec<u8>> {
         let mut counters = self.0.lock().map_err(|_| anyhow!("metrics state poisoned"))?;
-        let Counters { metrics, counts, lost, classifier, ports } = &mut *counters;
+        let Counters { metrics, counts, lost, classifier, ports, reset_programs } = &mut *counters;
         let series = counts::read_series(counts, classifier, ports)?;
         metrics.sync_resets(&series);
-        metrics.sync_lost(&counts::read_lost(lost)?);
+        let mut lost = counts::read_lost(lost)?;
+        let mut skipped = 0;
+        for program in reset_programs.iter() {
+            skipped += prog_stats::recursion_misses(program)?;
+        }
+        lost.push((counts::PROBE_SKIPPED, skipped));
+        metrics.sync_lost(&lost);
         metrics.encode()
     }
 }
@@ -75,6 +87,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         lost,
         classifier,
         ports: PortLabels::new(options.max_ports),
+        reset_programs: std::mem::take(&mut probes.reset_programs),
     })));
 
     info!("serving metrics on http://{}/metrics", options.metrics_addr);
@@ -142,7 +155,7 @@ async fn read_events(ring: RingBuf<MapData>, decoder: Decoder, shared: Arc<Share
         }
         for ev in ready.drain(..) {
             let reset = decoder.decode(&ev);
-            log::debug!("{reset:?}");
+            log::debug!("{reset}");
             counters.metrics.observe(&reset);
         }
     }

@@ -46,6 +46,39 @@ pub struct Reset {
     pub skaddr: u64,
 }
 
+/// One line per reset, for `RUST_LOG=debug` until the event stream exists.
+impl std::fmt::Display for Reset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.3}s", d.as_secs_f64()));
+        write!(
+            f,
+            "{} {} reason={} state={} {} -> {} port={} task={}/{}({}) age={} idle={} since_send={} rx={:?} acked={:?} orphan={} linger0={} unread={} unsent={} trigger={:?} sk={:#x} t={}",
+            self.direction.label(),
+            self.cause,
+            self.reason.as_deref().unwrap_or("-"),
+            self.state,
+            self.local,
+            self.remote,
+            self.service_port,
+            self.tgid,
+            self.pid,
+            self.comm,
+            secs(self.age),
+            secs(self.idle),
+            secs(self.since_last_send),
+            self.bytes_received,
+            self.bytes_acked,
+            self.orphan,
+            self.linger_zero,
+            self.unread_bytes,
+            self.unsent_bytes,
+            self.trigger,
+            self.skaddr,
+            self.monotonic_ns,
+        )
+    }
+}
+
 pub struct Decoder {
     pub classifier: Classifier,
     pub hz: u32,

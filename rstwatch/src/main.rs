@@ -9,6 +9,7 @@ mod http;
 mod kernel;
 mod metrics;
 mod probes;
+mod prog_stats;
 
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
@@ -41,6 +42,11 @@ enum Command {
         #[arg(long, default_value_t = 4096, value_parser = parse_ring_kib)]
         ring_buffer_kib: u32,
     },
+    /// Print what each cause means and what to do about it (all causes, or one).
+    Explain {
+        /// A cause label, e.g. stale_connection.
+        cause: Option<String>,
+    },
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -59,6 +65,24 @@ fn parse_ring_kib(text: &str) -> Result<u32, String> {
     Ok(kib)
 }
 
+fn explain(cause: Option<&str>) -> anyhow::Result<()> {
+    let selected: Vec<_> = match cause {
+        None => causes::CAUSES.iter().collect(),
+        Some(label) => {
+            let cause = causes::Cause::from_label(label).ok_or_else(|| {
+                let known: Vec<_> = causes::CAUSES.iter().map(|info| info.label).collect();
+                anyhow::anyhow!("unknown cause {label:?}; causes are: {}", known.join(", "))
+            })?;
+            vec![cause.info()]
+        }
+    };
+    for info in selected {
+        let directions: Vec<_> = info.directions.iter().map(|d| d.label()).collect();
+        println!("{} ({})\n  what happened: {}\n  what to do:    {}\n", info.label, directions.join(", "), info.meaning, info.remedy);
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
@@ -74,6 +98,7 @@ fn main() -> ExitCode {
                 .map_err(anyhow::Error::from)
                 .and_then(|runtime| runtime.block_on(daemon::run(options)))
         }
+        Command::Explain { cause } => explain(cause.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

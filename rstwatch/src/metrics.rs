@@ -9,7 +9,7 @@ use prometheus::{
 
 use crate::{
     causes::CAUSES,
-    counts::{LOST_STAGES, OTHER_PORT, SeriesLabels},
+    counts::{LOST_STAGES, OTHER_PORT, PROBE_SKIPPED, SeriesLabels},
     events::Reset,
 };
 
@@ -51,7 +51,7 @@ impl Metrics {
             &["direction", "cause"],
         )?;
         let lost = IntCounterVec::new(
-            Opts::new("rstwatch_events_lost_total", "Reset details that were not delivered, by stage. ring_buffer_full: event details dropped, counts still exact; count_map_full: counted under port=\"other\"; count_unrecorded: not counted by cause; decode: malformed record."),
+            Opts::new("rstwatch_events_lost_total", "Reset details that were not delivered, by stage. ring_buffer_full: event details dropped, counts still exact; count_map_full: counted under port=\"other\"; count_unrecorded: not counted by cause; probe_skipped: the kernel skipped a reset program (another BPF program was running on that CPU), so the reset was not counted; decode: malformed record."),
             &["stage"],
         )?;
         let probe_attached = IntGaugeVec::new(
@@ -86,6 +86,7 @@ impl Metrics {
             lost.with_label_values(&[stage]);
         }
         lost.with_label_values(&[LOST_DECODE]);
+        lost.with_label_values(&[PROBE_SKIPPED]);
 
         Ok(Metrics {
             registry,

@@ -1,7 +1,10 @@
 //! Loading the eBPF object with this kernel's layout and attaching its programs.
 
 use anyhow::{Context as _, bail};
-use aya::{Ebpf, EbpfLoader, programs::TracePoint};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{ProgramFd, TracePoint},
+};
 use log::{info, warn};
 
 use crate::kernel::KernelLayout;
@@ -45,6 +48,8 @@ pub struct Probes {
     pub ebpf: Ebpf,
     /// (probe name, attached) for every entry of PROBES.
     pub attached: Vec<(&'static str, bool)>,
+    /// Descriptors of the attached reset programs, to read how often the kernel skipped them.
+    pub reset_programs: Vec<ProgramFd>,
 }
 
 pub fn load_and_attach(layout: &KernelLayout, ring_buffer_bytes: u32) -> anyhow::Result<Probes> {
@@ -56,9 +61,15 @@ pub fn load_and_attach(layout: &KernelLayout, ring_buffer_bytes: u32) -> anyhow:
         .context("loading the eBPF programs into the kernel (are you root, with CAP_BPF and CAP_PERFMON?)")?;
 
     let mut attached = Vec::new();
+    let mut reset_programs = Vec::new();
     for spec in PROBES {
         match attach(&mut ebpf, spec) {
-            Ok(()) => attached.push((spec.name, true)),
+            Ok(()) => {
+                attached.push((spec.name, true));
+                if spec.required {
+                    reset_programs.push(program_fd(&ebpf, spec)?);
+                }
+            }
             Err(err) if !spec.required => {
                 warn!("{}:{} not attached, rstwatch will know less: {err:#}", spec.category, spec.event);
                 attached.push((spec.name, false));
@@ -74,7 +85,7 @@ pub fn load_and_attach(layout: &KernelLayout, ring_buffer_bytes: u32) -> anyhow:
             .collect::<Vec<_>>()
             .join(" ")
     );
-    Ok(Probes { ebpf, attached })
+    Ok(Probes { ebpf, attached, reset_programs })
 }
 
 fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec) -> anyhow::Result<()> {
@@ -92,6 +103,14 @@ fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec) -> anyhow::Result<()> {
         )
     })?;
     Ok(())
+}
+
+fn program_fd(ebpf: &Ebpf, spec: &ProbeSpec) -> anyhow::Result<ProgramFd> {
+    let program: &TracePoint = ebpf
+        .program(spec.program)
+        .ok_or_else(|| anyhow::anyhow!("program {} vanished", spec.program))?
+        .try_into()?;
+    Ok(program.fd()?.try_clone()?)
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; newer ones ignore it.

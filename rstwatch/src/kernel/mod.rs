@@ -408,7 +408,10 @@ mod tests {
             btf.member("sock_common", "skc_v6_daddr").unwrap().offset
         );
         assert_eq!(c.sk_rcv_saddr, c.sk_daddr + 4);
-        assert!(c.inet_sport > c.sk_socket, "inet_sport lies past struct sock");
+        assert!(
+            c.inet_sport > c.sk_socket,
+            "inet_sport lies past struct sock"
+        );
         assert!(c.sk_socket > c.sk_state && c.tcp_bytes_received > c.sk_socket);
         assert!(c.skb_head != c.skb_data && c.skb_network_header != 0);
         let reasons = reason_table(btf.enum_values("sk_rst_reason").unwrap()).unwrap();
