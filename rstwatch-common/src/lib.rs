@@ -203,6 +203,8 @@ pub struct Config {
     pub skb_network_header: u16,
     /// Bit number of SOCK_LINGER in `enum sock_flags`.
     pub sock_linger_bit: u16,
+    /// Bit number of SOCK_DONE (the peer's FIN arrived; it occupies one sequence number).
+    pub sock_done_bit: u16,
 
     /// `--idle-threshold` in jiffies.
     pub idle_threshold_jiffies: u32,
@@ -251,6 +253,7 @@ impl Config {
         skb_head: 0,
         skb_network_header: 0,
         sock_linger_bit: 0,
+        sock_done_bit: 0,
         idle_threshold_jiffies: 0,
         ephemeral_port_low: 0,
         ephemeral_port_high: 0,

@@ -61,7 +61,9 @@ pub fn connection_facts(ev: &mut ResetEvent, sk: u64) {
 
     let rcv_nxt = kernel::<u32>(sk, conf!(tcp_rcv_nxt)).unwrap_or(0);
     let copied_seq = kernel::<u32>(sk, conf!(tcp_copied_seq)).unwrap_or(0);
-    ev.unread_bytes = positive(rcv_nxt.wrapping_sub(copied_seq));
+    // A received FIN advances rcv_nxt by one but is no data; reading EOF moves copied_seq past it.
+    let fin_received = (flags >> (conf!(sock_done_bit) & 63)) & 1;
+    ev.unread_bytes = positive(rcv_nxt.wrapping_sub(copied_seq).wrapping_sub(fin_received as u32));
     if ev.unread_bytes != 0 {
         ev.key.facts |= fact::UNREAD_DATA;
     }

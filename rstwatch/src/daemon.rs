@@ -1,30 +1,30 @@
-//! `rstwatch run`: load, attach, count, serve, and shut down cleanly.
+//! `rstwatch run`: load, attach, count, serve, optionally write events, and shut down cleanly.
 
 use std::{
+    io::Write as _,
     net::SocketAddr,
+    path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use anyhow::{Context as _, anyhow};
 use aya::{
-    maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{MapData, PerCpuArray, PerCpuHashMap},
     programs::ProgramFd,
 };
 use log::{info, warn};
 use rstwatch_common::CountKey;
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
-};
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     counts::{self, Classifier, PortLabels},
-    events::{self, Decoder, FalseReceiveFilter},
+    events::{self, Reset},
     http::{self, Exporter},
-    kernel,
     metrics::Metrics,
-    prog_stats, probes,
+    output::{self, RateLimiter, WallClock},
+    prog_stats,
+    session::Session,
 };
 
 pub struct RunOptions {
@@ -32,6 +32,9 @@ pub struct RunOptions {
     pub idle_threshold: Duration,
     pub max_ports: usize,
     pub ring_buffer_bytes: u32,
+    /// Where to write JSON events: a file (appended to), `-` for stdout, or nowhere.
+    pub events: Option<PathBuf>,
+    pub events_per_cause_per_second: u32,
 }
 
 /// The kernel's counters and the Prometheus view of them, updated together at each scrape.
@@ -46,9 +49,15 @@ struct Counters {
 
 struct Shared(Mutex<Counters>);
 
+impl Shared {
+    fn lock(&self) -> anyhow::Result<std::sync::MutexGuard<'_, Counters>> {
+        self.0.lock().map_err(|_| anyhow!("metrics state poisoned"))
+    }
+}
+
 impl Exporter for Shared {
     fn metrics(&self) -> anyhow::Result<Vec<u8>> {
-        let mut counters = self.0.lock().map_err(|_| anyhow!("metrics state poisoned"))?;
+        let mut counters = self.lock()?;
         let Counters { metrics, counts, lost, classifier, ports, reset_programs } = &mut *counters;
         let series = counts::read_series(counts, classifier, ports)?;
         metrics.sync_resets(&series);
@@ -64,35 +73,53 @@ impl Exporter for Shared {
 }
 
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
-    let tracefs = kernel::tracefs::ensure_mounted()?;
-    info!("tracefs at {}", tracefs.display());
-    let layout = kernel::resolve(options.idle_threshold)?;
-    // Claim the address before touching the kernel, so a taken port fails fast and cleanly.
+    // Check what the user gave us before touching the kernel, so mistakes fail fast and cleanly.
+    let mut event_writer = options.events.as_deref().map(open_event_output).transpose()?;
     let listener = http::bind(options.metrics_addr).await?;
 
-    let mut probes = probes::load_and_attach(&layout, options.ring_buffer_bytes)?;
-    let counts = PerCpuHashMap::try_from(take_map(&mut probes.ebpf, "COUNTS")?)?;
-    let lost = PerCpuArray::try_from(take_map(&mut probes.ebpf, "LOST")?)?;
-    let ring = RingBuf::try_from(take_map(&mut probes.ebpf, "EVENTS")?)?;
-
-    let metrics = Metrics::new(&layout.release)?;
-    for (probe, attached) in &probes.attached {
+    let session = Session::open(options.idle_threshold, options.ring_buffer_bytes)?;
+    let metrics = Metrics::new(&session.layout.release)?;
+    for (probe, attached) in &session.probes.attached {
         metrics.set_probe_attached(probe, *attached);
     }
-    let classifier = Classifier { reason_names: layout.reason_names.clone() };
-    let decoder = Decoder { classifier: classifier.clone(), hz: layout.hz };
+    let decoder = session.decoder();
+    let Session { mut probes, counts, lost, ring, .. } = session;
     let shared = Arc::new(Shared(Mutex::new(Counters {
         metrics,
         counts,
         lost,
-        classifier,
+        classifier: decoder.classifier.clone(),
         ports: PortLabels::new(options.max_ports),
         reset_programs: std::mem::take(&mut probes.reset_programs),
     })));
 
     info!("serving metrics on http://{}/metrics", options.metrics_addr);
     let server = tokio::spawn(http::serve(listener, shared.clone()));
-    let reader = tokio::spawn(read_events(ring, decoder, shared.clone()));
+    let clock = WallClock::now();
+    let mut limiter = RateLimiter::new(options.events_per_cause_per_second);
+    let reader_shared = shared.clone();
+    let reader = tokio::spawn(events::read_events(ring, decoder, move |resets: Vec<Reset>, decode_errors| {
+        let counters = reader_shared.lock()?;
+        if decode_errors > 0 {
+            warn!("{decode_errors} malformed event records (daemon and eBPF object out of step?)");
+            counters.metrics.count_decode_errors(decode_errors);
+        }
+        for reset in &resets {
+            log::debug!("{reset}");
+            counters.metrics.observe(reset);
+            if let Some(writer) = event_writer.as_mut() {
+                if limiter.allow(reset.cause, reset.monotonic_ns) {
+                    writeln!(writer, "{}", output::json_line(reset, &clock)).context("writing an event")?;
+                } else {
+                    counters.metrics.count_rate_limited(reset.cause);
+                }
+            }
+        }
+        if let Some(writer) = event_writer.as_mut() {
+            writer.flush().context("writing events")?;
+        }
+        Ok(())
+    }));
 
     let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -107,8 +134,16 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn take_map(ebpf: &mut aya::Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
-    ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object (build problem)"))
+fn open_event_output(path: &std::path::Path) -> anyhow::Result<Box<dyn std::io::Write + Send>> {
+    if path.as_os_str() == "-" {
+        return Ok(Box::new(std::io::LineWriter::new(std::io::stdout())));
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open --events file {} for appending", path.display()))?;
+    Ok(Box::new(std::io::BufWriter::new(file)))
 }
 
 fn task_failure(task: &str, result: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Error {
@@ -117,53 +152,4 @@ fn task_failure(task: &str, result: Result<anyhow::Result<()>, tokio::task::Join
         Ok(Err(err)) => err.context(format!("{task} failed")),
         Err(err) => anyhow!("{task} panicked: {err}"),
     }
-}
-
-/// Drain the ring buffer as events arrive; release held events on a short tick.
-async fn read_events(ring: RingBuf<MapData>, decoder: Decoder, shared: Arc<Shared>) -> anyhow::Result<()> {
-    // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open for as long as it is registered.
-    let mut ring = unsafe { AsyncFd::register(ring) }
-        .map_err(|err| anyhow!("polling the event ring buffer: {err}"))?;
-    let mut filter = FalseReceiveFilter::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(25));
-    let mut ready = Vec::new();
-    loop {
-        let mut decode_errors = 0u64;
-        tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard.context("waiting for events")?;
-                let ring = guard.get_inner_mut();
-                while let Some(item) = ring.next() {
-                    match events::from_bytes(&item) {
-                        Some(ev) => filter.push(ev, &mut ready),
-                        None => decode_errors += 1,
-                    }
-                }
-                guard.clear_ready();
-            }
-            _ = tick.tick() => filter.release_older_than(monotonic_ns(), &mut ready),
-        }
-        if ready.is_empty() && decode_errors == 0 {
-            continue;
-        }
-        let counters = shared.0.lock().map_err(|_| anyhow!("metrics state poisoned"))?;
-        for _ in 0..decode_errors {
-            counters.metrics.count_decode_error();
-        }
-        if decode_errors > 0 {
-            warn!("{decode_errors} malformed event records (daemon and eBPF object out of step?)");
-        }
-        for ev in ready.drain(..) {
-            let reset = decoder.decode(&ev);
-            log::debug!("{reset}");
-            counters.metrics.observe(&reset);
-        }
-    }
-}
-
-/// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }

@@ -7,7 +7,10 @@ use std::{
     time::Duration,
 };
 
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
 use rstwatch_common::{ResetEvent, event_flag, fact};
+use tokio::io::unix::AsyncFd;
 
 use crate::{
     causes::{Cause, Direction},
@@ -180,6 +183,50 @@ fn socket_addr(family: u16, addr: &[u8; 16], port: u16) -> SocketAddr {
 fn comm(raw: &[u8; 16]) -> String {
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
     String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+/// Drain the ring buffer as events arrive, hand each batch of real resets to `sink` (with the
+/// number of records that did not decode), and release held events on a short tick.
+pub async fn read_events(
+    ring: RingBuf<MapData>,
+    decoder: Decoder,
+    mut sink: impl FnMut(Vec<Reset>, u64) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open for as long as it is registered.
+    let mut ring = unsafe { AsyncFd::register(ring) }
+        .map_err(|err| anyhow::anyhow!("polling the event ring buffer: {err}"))?;
+    let mut filter = FalseReceiveFilter::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(25));
+    let mut ready = Vec::new();
+    loop {
+        let mut decode_errors = 0u64;
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("waiting for events")?;
+                let ring = guard.get_inner_mut();
+                while let Some(item) = ring.next() {
+                    match from_bytes(&item) {
+                        Some(ev) => filter.push(ev, &mut ready),
+                        None => decode_errors += 1,
+                    }
+                }
+                guard.clear_ready();
+            }
+            _ = tick.tick() => filter.release_older_than(monotonic_ns(), &mut ready),
+        }
+        if ready.is_empty() && decode_errors == 0 {
+            continue;
+        }
+        let resets = ready.drain(..).map(|ev| decoder.decode(&ev)).collect();
+        sink(resets, decode_errors)?;
+    }
+}
+
+/// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 /// `ResetEvent` from ring-buffer bytes; None if the size is not ours (a build mismatch).

@@ -8,11 +8,15 @@ mod events;
 mod http;
 mod kernel;
 mod metrics;
+mod output;
 mod probes;
 mod prog_stats;
+mod session;
+mod trace;
 
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -41,7 +45,16 @@ enum Command {
         /// Counters are exact whatever its size; it bounds how many event details survive a burst.
         #[arg(long, default_value_t = 4096, value_parser = parse_ring_kib)]
         ring_buffer_kib: u32,
+        /// Also write every reset as one JSON object per line to FILE (appended), or `-` for stdout.
+        #[arg(long, value_name = "FILE|-")]
+        events: Option<std::path::PathBuf>,
+        /// At most this many events per cause per second go to --events; the rest are counted in
+        /// rstwatch_events_rate_limited_total, so a reset storm cannot flood logs or disk.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        events_rate_limit: u32,
     },
+    /// Watch resets live, one line each (or JSON), with the cause's meaning and remedy.
+    Trace(trace::TraceOptions),
     /// Print what each cause means and what to do about it (all causes, or one).
     Explain {
         /// A cause label, e.g. stale_connection.
@@ -49,7 +62,7 @@ enum Command {
     },
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let duration = humantime::parse_duration(text).map_err(|err| format!("{err} (try 30s, 2m, 1h)"))?;
     if duration.is_zero() {
         return Err("must be more than 0".into());
@@ -57,12 +70,18 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
-fn parse_ring_kib(text: &str) -> Result<u32, String> {
+pub fn parse_ring_kib(text: &str) -> Result<u32, String> {
     let kib: u32 = text.parse().map_err(|err| format!("{err}"))?;
     if kib < 4 || !kib.is_power_of_two() || kib > 1024 * 1024 {
         return Err(format!("{kib} is not a power of two between 4 and 1048576"));
     }
     Ok(kib)
+}
+
+fn block_on(task: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Runtime::new()
+        .context("starting the async runtime")?
+        .block_on(task)
 }
 
 fn explain(cause: Option<&str>) -> anyhow::Result<()> {
@@ -84,20 +103,30 @@ fn explain(cause: Option<&str>) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    // The daemon narrates its start-up; trace keeps the terminal for resets.
+    let default_level = if matches!(cli.command, Command::Run { .. }) { "info" } else { "warn" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level)).init();
     let result = match cli.command {
-        Command::Run { metrics_addr, idle_threshold, max_ports, ring_buffer_kib } => {
+        Command::Run {
+            metrics_addr,
+            idle_threshold,
+            max_ports,
+            ring_buffer_kib,
+            events,
+            events_rate_limit,
+        } => {
             let options = daemon::RunOptions {
                 metrics_addr,
                 idle_threshold,
                 max_ports: max_ports as usize,
                 ring_buffer_bytes: ring_buffer_kib * 1024,
+                events,
+                events_per_cause_per_second: events_rate_limit,
             };
-            tokio::runtime::Runtime::new()
-                .map_err(anyhow::Error::from)
-                .and_then(|runtime| runtime.block_on(daemon::run(options)))
+            block_on(daemon::run(options))
         }
+        Command::Trace(options) => block_on(trace::run(options)),
         Command::Explain { cause } => explain(cause.as_deref()),
     };
     match result {

@@ -8,7 +8,7 @@ use prometheus::{
 };
 
 use crate::{
-    causes::CAUSES,
+    causes::{CAUSES, Cause},
     counts::{LOST_STAGES, OTHER_PORT, PROBE_SKIPPED, SeriesLabels},
     events::Reset,
 };
@@ -23,6 +23,7 @@ pub struct Metrics {
     age: HistogramVec,
     lost: IntCounterVec,
     probe_attached: IntGaugeVec,
+    rate_limited: IntCounterVec,
     /// What each series and loss stage had reached at the previous sync: counters only move by the
     /// kernel's increase since then.
     last_resets: HashMap<SeriesLabels, u64>,
@@ -58,11 +59,15 @@ impl Metrics {
             Opts::new("rstwatch_probe_attached", "1 if the probe is attached on this kernel, 0 if not: what this node can see."),
             &["probe"],
         )?;
+        let rate_limited = IntCounterVec::new(
+            Opts::new("rstwatch_events_rate_limited_total", "Events not written to --events because their cause exceeded --events-rate-limit per second (still counted in rstwatch_resets_total)."),
+            &["cause"],
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("rstwatch_build_info", "rstwatch version and the kernel it runs on."),
             &["version", "kernel"],
         )?;
-        for collector in [&resets, &lost] {
+        for collector in [&resets, &lost, &rate_limited] {
             registry.register(Box::new(collector.clone()))?;
         }
         for collector in [&idle, &age] {
@@ -95,6 +100,7 @@ impl Metrics {
             age,
             lost,
             probe_attached,
+            rate_limited,
             last_resets: HashMap::new(),
             last_lost: HashMap::new(),
         })
@@ -129,8 +135,12 @@ impl Metrics {
         }
     }
 
-    pub fn count_decode_error(&self) {
-        self.lost.with_label_values(&[LOST_DECODE]).inc();
+    pub fn count_decode_errors(&self, records: u64) {
+        self.lost.with_label_values(&[LOST_DECODE]).inc_by(records);
+    }
+
+    pub fn count_rate_limited(&self, cause: Cause) {
+        self.rate_limited.with_label_values(&[cause.label()]).inc();
     }
 
     pub fn observe(&self, reset: &Reset) {

@@ -52,6 +52,8 @@ pub fn resolve(idle_threshold: Duration) -> Result<KernelLayout> {
     btf_offsets(&btf, &mut config)?;
     let linger = btf.enum_value("sock_flags", "SOCK_LINGER")?;
     config.sock_linger_bit = fit("SOCK_LINGER of enum sock_flags", linger)?;
+    let done = btf.enum_value("sock_flags", "SOCK_DONE")?;
+    config.sock_done_bit = fit("SOCK_DONE of enum sock_flags", done)?;
 
     let hz = clock::hz()?;
     config.idle_threshold_jiffies = idle_jiffies(idle_threshold, hz)?;
