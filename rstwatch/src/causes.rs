@@ -55,6 +55,8 @@ pub struct CauseInfo {
     pub meaning: &'static str,
     /// One line: what to do about it.
     pub remedy: &'static str,
+    /// Who notices, and the error their runtime reports (Java, Go, Python).
+    pub app_error: &'static str,
     /// The TCP state (metric label) this cause is normally seen in; used to pre-create series.
     pub typical_state: &'static str,
 }
@@ -70,6 +72,7 @@ pub const CAUSES: &[CauseInfo] = &[
         directions: SENT,
         meaning: "A client connected to a port where nothing listens on this host; it sees \"Connection refused\".",
         remedy: "Check the service is up and bound to that address and port (ss -ltnp); fix service discovery, health checks or start-up order.",
+        app_error: "The client: Java \"java.net.ConnectException: Connection refused\"; Go \"connect: connection refused\"; Python ConnectionRefusedError [Errno 111]",
         typical_state: "none",
     },
     CauseInfo {
@@ -78,6 +81,7 @@ pub const CAUSES: &[CauseInfo] = &[
         directions: SENT,
         meaning: "The peer used a connection this host has no record of: half-open after a restart or crash, or NAT/load-balancer state loss.",
         remedy: "Look for restarts or failovers of this service at that time; keep keepalives below NAT/LB idle timeouts; check LB hashing.",
+        app_error: "The peer: Java \"java.net.SocketException: Connection reset\"; Go \"read: connection reset by peer\"; Python ConnectionResetError [Errno 104]",
         typical_state: "listen",
     },
     CauseInfo {
@@ -86,6 +90,7 @@ pub const CAUSES: &[CauseInfo] = &[
         directions: SENT,
         meaning: "The application closed, exited or crashed with received data still unread, so the kernel had to reset.",
         remedy: "Read the whole request (or shutdown(SHUT_WR) and drain to EOF) before close; for crashes check the process's exit reason (OOM kill, panic).",
+        app_error: "The peer: Java \"java.net.SocketException: Connection reset\"; Go \"read: connection reset by peer\"; Python ConnectionResetError [Errno 104]",
         typical_state: "established",
     },
     CauseInfo {
@@ -94,6 +99,7 @@ pub const CAUSES: &[CauseInfo] = &[
         directions: SENT,
         meaning: "The application chose an abortive close (SO_LINGER on with timeout 0) instead of a FIN.",
         remedy: "Check the application's or proxy's timeout/abort settings; remove SO_LINGER=0 if it is not intended.",
+        app_error: "The peer: Java \"java.net.SocketException: Connection reset\"; Go \"read: connection reset by peer\"; Python ConnectionResetError [Errno 104]",
         typical_state: "established",
     },
     CauseInfo {
@@ -102,6 +108,7 @@ pub const CAUSES: &[CauseInfo] = &[
         directions: SENT,
         meaning: "The peer kept sending on a connection this host had already closed: a keep-alive timeout mismatch.",
         remedy: "Make the client pool's idle timeout shorter than this server's keep-alive timeout; enable stale-connection checks and retry idempotent requests.",
+        app_error: "The client: EOF, then Java \"java.net.SocketException: Broken pipe\" or Apache HttpClient NoHttpResponseException; Go \"write: broken pipe\" or \"EOF\"; Python BrokenPipeError or http.client.RemoteDisconnected",
         typical_state: "fin_wait2",
     },
     CauseInfo {
@@ -110,6 +117,7 @@ pub const CAUSES: &[CauseInfo] = &[
         directions: SENT,
         meaning: "A segment arrived for a connection that had already finished and sits in TIME_WAIT.",
         remedy: "Usually harmless; if frequent, look for clients reusing source ports or 4-tuples (NAT port reuse).",
+        app_error: "Usually nobody: the connection was already finished",
         typical_state: "time_wait",
     },
     CauseInfo {
@@ -118,6 +126,7 @@ pub const CAUSES: &[CauseInfo] = &[
         directions: SENT,
         meaning: "The server closed its listening socket while handshaken connections still waited in its accept queue.",
         remedy: "Drain gracefully: stop new traffic at the load balancer first, accept until the queue is empty, or hand over with SO_REUSEPORT.",
+        app_error: "The clients in the queue: Java \"java.net.SocketException: Connection reset\"; Go \"read: connection reset by peer\"; Python ConnectionResetError [Errno 104]",
         typical_state: "established",
     },
     CauseInfo {
@@ -126,6 +135,7 @@ pub const CAUSES: &[CauseInfo] = &[
         directions: SENT,
         meaning: "The accept queue was full (net.ipv4.tcp_abort_on_overflow=1): the application did not call accept() fast enough.",
         remedy: "Scale workers or speed up the accept loop; raise the listen() backlog and net.core.somaxconn.",
+        app_error: "The client, right after a successful connect: Java \"java.net.SocketException: Connection reset\"; Go \"read: connection reset by peer\"; Python ConnectionResetError [Errno 104]",
         typical_state: "listen",
     },
     CauseInfo {
@@ -134,6 +144,7 @@ pub const CAUSES: &[CauseInfo] = &[
         directions: SENT,
         meaning: "The peer stopped answering TCP keepalive probes: its host or the path to it is dead or blackholed.",
         remedy: "Check the peer's reachability and firewalls that silently drop idle flows; tune keepalive or TCP_USER_TIMEOUT.",
+        app_error: "The local app: Java \"java.net.SocketException: Connection timed out\"; Go \"read: connection timed out\"; Python TimeoutError [Errno 110]",
         typical_state: "established",
     },
     CauseInfo {
@@ -142,6 +153,7 @@ pub const CAUSES: &[CauseInfo] = &[
         directions: SENT,
         meaning: "An administrator or agent destroyed the socket (ss -K, SOCK_DESTROY, a BPF socket iterator).",
         remedy: "Identify the actor from the event's process; expected during drains and deploys, otherwise audit that tooling.",
+        app_error: "The local app: Java \"java.net.SocketException: Software caused connection abort\"; Go \"software caused connection abort\"; Python ConnectionAbortedError [Errno 103]; the peer: connection reset",
         typical_state: "established",
     },
     CauseInfo {
@@ -150,6 +162,7 @@ pub const CAUSES: &[CauseInfo] = &[
         directions: SENT,
         meaning: "The kernel killed the connection to protect memory: too many orphaned sockets or TCP memory over its hard limit.",
         remedy: "Check net.ipv4.tcp_max_orphans and tcp_mem; find what leaves orphans behind (peers not ACKing FINs).",
+        app_error: "The peer: Java \"java.net.SocketException: Connection reset\"; Go \"read: connection reset by peer\"; Python ConnectionResetError [Errno 104]",
         typical_state: "established",
     },
     CauseInfo {
@@ -158,6 +171,7 @@ pub const CAUSES: &[CauseInfo] = &[
         directions: SENT,
         meaning: "This side closed, the peer never closed its side, and FIN_WAIT2 policy (TCP_LINGER2 < 0 or its timeout) cut the connection.",
         remedy: "Fix the peer that leaves connections half-closed; review TCP_LINGER2 use and net.ipv4.tcp_fin_timeout.",
+        app_error: "The peer: EOF, then \"Broken pipe\" (Java SocketException, Go \"write: broken pipe\", Python BrokenPipeError) on its next write",
         typical_state: "fin_wait2",
     },
     CauseInfo {
@@ -166,6 +180,7 @@ pub const CAUSES: &[CauseInfo] = &[
         directions: SENT,
         meaning: "A close or disconnect threw away data that was still queued to send.",
         remedy: "Let the application finish sending (no SO_LINGER=0 while data is queued); data was lost.",
+        app_error: "The peer: part of the data, then Java \"java.net.SocketException: Connection reset\"; Go \"read: connection reset by peer\"; Python ConnectionResetError [Errno 104]",
         typical_state: "last_ack",
     },
     CauseInfo {
@@ -174,6 +189,7 @@ pub const CAUSES: &[CauseInfo] = &[
         directions: SENT,
         meaning: "A segment did not fit the connection: source-port reuse into TIME_WAIT, a sequence or timestamp mismatch, odd flags.",
         remedy: "Capture the flow (tcpdump on the 4-tuple); avoid fixed source ports, check NAT port allocation; usually benign at low rates.",
+        app_error: "The connecting app: Java \"java.net.ConnectException: Connection refused\"; Go \"connect: connection refused\"; Python ConnectionRefusedError, often after a retry",
         typical_state: "syn_sent",
     },
     CauseInfo {
@@ -182,6 +198,7 @@ pub const CAUSES: &[CauseInfo] = &[
         directions: RECEIVED,
         meaning: "The peer (or a firewall on the way) refused the connection: nothing listens there.",
         remedy: "Check the target address and port, that the service is up, and firewall REJECT rules.",
+        app_error: "This app: Java \"java.net.ConnectException: Connection refused\"; Go \"connect: connection refused\"; Python ConnectionRefusedError [Errno 111]",
         typical_state: "syn_sent",
     },
     CauseInfo {
@@ -190,6 +207,7 @@ pub const CAUSES: &[CauseInfo] = &[
         directions: RECEIVED,
         meaning: "The peer had already closed the connection (FIN) and this side used it anyway: a pooled keep-alive connection reused after the server's idle timeout.",
         remedy: "Make the client pool's idle timeout shorter than the server's keep-alive timeout; check connections before reuse and retry idempotent requests.",
+        app_error: "This app: EOF or Java \"java.net.SocketException: Broken pipe\" / NoHttpResponseException; Go \"write: broken pipe\" / \"http: server closed idle connection\"; Python BrokenPipeError / http.client.RemoteDisconnected",
         typical_state: "close_wait",
     },
     CauseInfo {
@@ -198,6 +216,7 @@ pub const CAUSES: &[CauseInfo] = &[
         directions: RECEIVED,
         meaning: "Reset before the peer sent any data: a TLS or protocol mismatch, or the peer's accept queue overflowed.",
         remedy: "Check TLS/protocol settings on both ends and the peer's accept-queue overflows (nstat TcpExtListenOverflows).",
+        app_error: "This app: Java \"java.net.SocketException: Connection reset\"; Go \"read: connection reset by peer\"; Python ConnectionResetError [Errno 104] (or a TLS handshake error such as javax.net.ssl.SSLException)",
         typical_state: "established",
     },
     CauseInfo {
@@ -206,6 +225,7 @@ pub const CAUSES: &[CauseInfo] = &[
         directions: RECEIVED,
         meaning: "The connection had been idle before this side sent on it: a NAT, load balancer or firewall dropped the idle flow, or the peer restarted.",
         remedy: "Keep connection idle timeouts (pools, keepalives) below the middlebox's idle timeout; retry idempotent requests.",
+        app_error: "This app, on the first request after the idle period: Java \"java.net.SocketException: Connection reset\"; Go \"read: connection reset by peer\"; Python ConnectionResetError [Errno 104]",
         typical_state: "established",
     },
     CauseInfo {
@@ -214,6 +234,7 @@ pub const CAUSES: &[CauseInfo] = &[
         directions: RECEIVED,
         meaning: "The peer aborted the connection mid-stream (it crashed, closed with unread data, or used SO_LINGER=0).",
         remedy: "Look at the peer's logs at that time; run rstwatch on the peer to see its side of the reset.",
+        app_error: "This app: Java \"java.net.SocketException: Connection reset\"; Go \"read: connection reset by peer\"; Python ConnectionResetError [Errno 104]",
         typical_state: "established",
     },
     CauseInfo {
@@ -222,6 +243,7 @@ pub const CAUSES: &[CauseInfo] = &[
         directions: RECEIVED,
         meaning: "The peer reset the connection while it was being closed (this side had sent or received a FIN).",
         remedy: "Usually the peer discarding data on close; check whether data was lost on the peer's side.",
+        app_error: "This app, if it still reads: Java \"java.net.SocketException: Connection reset\"; Go \"read: connection reset by peer\"; Python ConnectionResetError [Errno 104]",
         typical_state: "fin_wait2",
     },
     CauseInfo {
@@ -230,6 +252,7 @@ pub const CAUSES: &[CauseInfo] = &[
         directions: BOTH,
         meaning: "A reset rstwatch cannot attribute to a known cause; the event keeps the kernel's reason.",
         remedy: "Look at the event's kernel reason and state; capture the flow if it repeats.",
+        app_error: "Depends on the state; usually a connection reset",
         typical_state: "none",
     },
 ];
@@ -270,7 +293,7 @@ mod tests {
         for info in CAUSES {
             assert_eq!(info.cause.info().label, info.label);
             assert_eq!(Cause::from_label(info.label), Some(info.cause));
-            assert!(!info.meaning.is_empty() && !info.remedy.is_empty());
+            assert!(!info.meaning.is_empty() && !info.remedy.is_empty() && !info.app_error.is_empty());
             assert!(!info.meaning.contains('\n') && !info.remedy.contains('\n'));
         }
     }
@@ -279,14 +302,17 @@ mod tests {
 /// The README's cause table, rendered from `CAUSES`; a test keeps the README in step with it.
 #[cfg(test)]
 pub fn markdown_table() -> String {
-    let mut table = String::from("| direction | cause | what happened | what to do |\n|---|---|---|---|\n");
+    let mut table = String::from(
+        "| direction | cause | what happened | what the application sees | what to do |\n|---|---|---|---|---|\n",
+    );
     for info in CAUSES {
         let directions: Vec<_> = info.directions.iter().map(|d| d.label()).collect();
         table.push_str(&format!(
-            "| {} | `{}` | {} | {} |\n",
+            "| {} | `{}` | {} | {} | {} |\n",
             directions.join(", "),
             info.label,
             info.meaning.replace('|', "\\|"),
+            info.app_error.replace('|', "\\|"),
             info.remedy.replace('|', "\\|")
         ));
     }

@@ -97,7 +97,14 @@ fn explain(cause: Option<&str>) -> anyhow::Result<()> {
     };
     for info in selected {
         let directions: Vec<_> = info.directions.iter().map(|d| d.label()).collect();
-        println!("{} ({})\n  what happened: {}\n  what to do:    {}\n", info.label, directions.join(", "), info.meaning, info.remedy);
+        println!(
+            "{} ({})\n  what happened:  {}\n  who sees what:  {}\n  what to do:     {}\n",
+            info.label,
+            directions.join(", "),
+            info.meaning,
+            info.app_error,
+            info.remedy
+        );
     }
     Ok(())
 }
