@@ -134,9 +134,8 @@ pub async fn run(options: TraceOptions) -> anyhow::Result<()> {
     let decoder = session.decoder();
     let Session { probes, lost, ring, .. } = session;
     let clock = WallClock::now();
-    if options.output == Format::Human {
-        eprintln!("tracing TCP resets (Ctrl-C to stop)");
-    }
+    // On stderr, so JSON output stays clean; scripts wait for it to know the probes are attached.
+    eprintln!("tracing TCP resets (Ctrl-C to stop)");
 
     let summary = Arc::new(Mutex::new(Summary::default()));
     let printer_summary = summary.clone();

@@ -12,8 +12,9 @@ use anyhow::{Context as _, bail};
 /// The bpf-linker that links Rust eBPF objects with Debian's LLVM 22 (ENVIRONMENT.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev", "libxml2-dev"];
-/// `ip` and `ss` (network namespaces, socket kills) for the integration tests.
-const TEST_PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("ss", "iproute2")];
+/// What the integration tests drive: `ip` and `ss` (network namespaces, socket kills), tmux (the
+/// trace view in a real terminal).
+const TEST_PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("ss", "iproute2"), ("tmux", "tmux")];
 
 pub fn say(what: &str) {
     eprintln!("xtask: {what}");
