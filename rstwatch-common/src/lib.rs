@@ -2,6 +2,10 @@
 //! kernel/user boundary byte for byte, so each is `#[repr(C)]` with explicit padding.
 #![no_std]
 
+/// First field of every ring-buffer record: what follows.
+pub const EVENT_RESET: u32 = 1;
+pub const EVENT_SOCKET_ERROR: u32 = 2;
+
 /// Direction of a reset as seen from this host.
 pub const DIRECTION_SENT: u8 = 1;
 pub const DIRECTION_RECEIVED: u8 = 2;
@@ -56,6 +60,11 @@ pub mod fact {
     pub const FULL_SOCKET: u16 = 1 << 12;
     /// The socket was opened passively (accepted from a listener).
     pub const PASSIVE: u16 = 1 << 13;
+    /// A received reset answering a segment the local firewall (netfilter) had just rejected:
+    /// no TCP stack sent it.
+    pub const INJECTED: u16 = 1 << 14;
+    /// The socket's owner was recorded (in process context, or inherited from its listener).
+    pub const OWNER_KNOWN: u16 = 1 << 15;
 }
 
 /// Bits of `ResetEvent::flags`: facts about one event that do not take part in counting.
@@ -80,6 +89,17 @@ pub mod lost {
     pub const LEN: u32 = 3;
 }
 
+/// The process that owns a socket: the one that connected it, or that created its listener.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Owner {
+    pub tgid: u32,
+    pub pid: u32,
+    /// cgroup v2 id (`bpf_get_current_cgroup_id`), 0 if unknown.
+    pub cgroup_id: u64,
+    pub comm: [u8; 16],
+}
+
 /// Key of the in-kernel per-CPU counter map. One entry per distinct set of classifier inputs and
 /// service port; userspace maps each key to a cause with the pure classifier.
 #[repr(C)]
@@ -97,12 +117,40 @@ pub struct CountKey {
     /// (from `inet_sock_set_state`), or STATE_NONE if that transition was not seen.
     pub prior_state: u8,
     pub _pad: [u8; 3],
+    /// The owner's command name; zero when the owner is not known or there is no socket.
+    pub comm: [u8; 16],
+}
+
+/// Key of the in-kernel socket-error counter map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ErrorKey {
+    /// Positive errno the kernel queued on the socket (ECONNRESET, EPIPE, ...).
+    pub errno: u16,
+    pub port: u16,
+    pub comm: [u8; 16],
+}
+
+/// An error the kernel queued on a socket for its application, because of a reset.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SocketErrorEvent {
+    /// EVENT_SOCKET_ERROR.
+    pub kind: u32,
+    pub flags: u32,
+    pub key: ErrorKey,
+    pub _pad: [u8; 4],
+    pub ts_ns: u64,
+    pub skaddr: u64,
+    pub owner: Owner,
 }
 
 /// Per-event details, sent through the ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ResetEvent {
+    /// EVENT_RESET.
+    pub kind: u32,
     pub key: CountKey,
     /// TCP flags byte of the trigger segment (FIN=1 SYN=2 RST=4 PSH=8 ACK=16).
     pub trigger_flags: u8,
@@ -124,7 +172,6 @@ pub struct ResetEvent {
     pub rcv_tstamp: u32,
     pub lrcvtime: u32,
     pub flags: u32,
-    pub _pad: u32,
     pub ts_ns: u64,
     pub skaddr: u64,
     pub birth_ns: u64,
@@ -136,6 +183,7 @@ pub struct ResetEvent {
     pub local_addr: [u8; 16],
     pub remote_addr: [u8; 16],
     pub comm: [u8; 16],
+    pub owner: Owner,
 }
 
 /// What the kernel remembers per connection between its state changes and its reset.
@@ -147,7 +195,31 @@ pub struct ConnInfo {
     /// State before the most recent transition into CLOSE.
     pub prior_state: u8,
     pub passive: u8,
-    pub _pad: [u8; 6],
+    pub owner_known: u8,
+    pub _pad: [u8; 5],
+    pub owner: Owner,
+}
+
+/// A connection seen from this host, for maps keyed by 4-tuple (IPv4 in the first 4 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub family: u16,
+    pub _pad: u16,
+}
+
+/// Key of the listener-owner map: children inherit the owner of the listener they came from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ListenerKey {
+    /// Network namespace inode: every pod may listen on the same port.
+    pub netns: u32,
+    pub port: u16,
+    pub _pad: u16,
 }
 
 /// An offset into a tracepoint record, -1 when this kernel's event has no such field.
@@ -172,6 +244,19 @@ pub struct Config {
     pub set_state_protocol: FieldOffset,
     /// Size in bytes of `protocol` in `inet_sock_set_state` (u16 since MPTCP, u8 before).
     pub set_state_protocol_size: u16,
+    pub error_error: FieldOffset,
+    pub error_protocol: FieldOffset,
+    pub error_family: FieldOffset,
+    pub error_sport: FieldOffset,
+    pub error_dport: FieldOffset,
+    pub error_saddr: FieldOffset,
+    pub error_daddr: FieldOffset,
+    pub error_saddr_v6: FieldOffset,
+    pub error_daddr_v6: FieldOffset,
+    pub kfree_skbaddr: FieldOffset,
+    pub kfree_reason: FieldOffset,
+    /// This kernel's number for SKB_DROP_REASON_NETFILTER_DROP.
+    pub drop_reason_netfilter: u16,
 
     // struct member offsets (BTF)
     pub sk_state: u16,
@@ -201,6 +286,10 @@ pub struct Config {
     pub skb_len: u16,
     pub skb_head: u16,
     pub skb_network_header: u16,
+    pub skb_transport_header: u16,
+    /// `sock_common.skc_net` (a `struct net *`) and `net.ns.inum`.
+    pub sk_net: u16,
+    pub net_inum: u16,
     /// Bit number of SOCK_LINGER in `enum sock_flags`.
     pub sock_linger_bit: u16,
     /// Bit number of SOCK_DONE (the peer's FIN arrived; it occupies one sequence number).
@@ -227,6 +316,18 @@ impl Config {
         set_state_newstate: ABSENT,
         set_state_protocol: ABSENT,
         set_state_protocol_size: 0,
+        error_error: ABSENT,
+        error_protocol: ABSENT,
+        error_family: ABSENT,
+        error_sport: ABSENT,
+        error_dport: ABSENT,
+        error_saddr: ABSENT,
+        error_daddr: ABSENT,
+        error_saddr_v6: ABSENT,
+        error_daddr_v6: ABSENT,
+        kfree_skbaddr: ABSENT,
+        kfree_reason: ABSENT,
+        drop_reason_netfilter: 0,
         sk_state: 0,
         sk_family: 0,
         inet_sport: 0,
@@ -252,6 +353,9 @@ impl Config {
         skb_len: 0,
         skb_head: 0,
         skb_network_header: 0,
+        skb_transport_header: 0,
+        sk_net: 0,
+        net_inum: 0,
         sock_linger_bit: 0,
         sock_done_bit: 0,
         idle_threshold_jiffies: 0,
@@ -267,4 +371,7 @@ mod pod {
     unsafe impl aya::Pod for super::ResetEvent {}
     unsafe impl aya::Pod for super::ConnInfo {}
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::ErrorKey {}
+    unsafe impl aya::Pod for super::SocketErrorEvent {}
+    unsafe impl aya::Pod for super::Owner {}
 }

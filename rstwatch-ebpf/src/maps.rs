@@ -5,7 +5,9 @@ use aya_ebpf::{
     macros::map,
     maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use rstwatch_common::{ConnInfo, CountKey, ResetEvent, lost};
+use rstwatch_common::{
+    ConnInfo, CountKey, ErrorKey, FlowKey, ListenerKey, Owner, ResetEvent, SocketErrorEvent, lost,
+};
 
 /// Exact reset counts by classifier inputs and service port; summed over CPUs in userspace.
 #[map]
@@ -15,6 +17,23 @@ pub static COUNTS: PerCpuHashMap<CountKey, u64> = PerCpuHashMap::with_max_entrie
 /// LRU so it stays bounded under any churn; entries are replaced when an address is reused.
 #[map]
 pub static CONN: LruHashMap<u64, ConnInfo> = LruHashMap::with_max_entries(65536, 0);
+
+/// Owners of listening sockets, for the children they hand out in softirq.
+#[map]
+pub static LISTENERS: LruHashMap<ListenerKey, Owner> = LruHashMap::with_max_entries(16384, 0);
+
+/// Owners of connections that closed first and live on as time-wait sockets, by 4-tuple.
+#[map]
+pub static CLOSED_FLOWS: LruHashMap<FlowKey, Owner> = LruHashMap::with_max_entries(65536, 0);
+
+/// Segments the local firewall just rejected, keyed by (sender = local, receiver = remote), with
+/// the time: a reset arriving for that flow right after came from the firewall, not from TCP.
+#[map]
+pub static REJECTED: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(4096, 0);
+
+/// Exact counts of errors queued on sockets because of resets, by errno, port and owner.
+#[map]
+pub static ERRORS: PerCpuHashMap<ErrorKey, u64> = PerCpuHashMap::with_max_entries(4096, 0);
 
 /// Event details for userspace. The daemon resizes it with `--ring-buffer-size`.
 #[map]
@@ -27,6 +46,23 @@ pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost::LEN, 0);
 /// Where an event is assembled: too big for the 512-byte BPF stack.
 #[map]
 static SCRATCH: PerCpuArray<ResetEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// The last reset this CPU traced: the socket error the kernel reports right after it (same CPU,
+/// same call chain) belongs to it. The error tracepoint has no socket pointer, so match by flow.
+#[map]
+static LAST_RESET: PerCpuArray<LastReset> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct LastReset {
+    pub flow: FlowKey,
+    pub ts_ns: u64,
+    pub skaddr: u64,
+    pub owner: Owner,
+    pub owner_known: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
 
 /// The last receive_reset this CPU saw on a closing socket; see `take_last_receive`.
 #[map]
@@ -88,6 +124,34 @@ pub fn emit(ev: &ResetEvent) {
     if EVENTS.output::<ResetEvent>(ev, 0).is_err() {
         bump_lost(lost::RING_BUFFER_FULL);
     }
+}
+
+#[inline(always)]
+pub fn emit_error(ev: &SocketErrorEvent) {
+    if EVENTS.output::<SocketErrorEvent>(ev, 0).is_err() {
+        bump_lost(lost::RING_BUFFER_FULL);
+    }
+}
+
+#[inline(always)]
+pub fn count_error(key: &ErrorKey) {
+    if let Some(value) = ERRORS.get_ptr_mut(key) {
+        unsafe { *value += 1 };
+    } else if ERRORS.insert(key, &1, BPF_ANY as u64).is_err() {
+        bump_lost(lost::COUNT_UNRECORDED);
+    }
+}
+
+#[inline(always)]
+pub fn remember_last_reset(last: &LastReset) {
+    let _ = LAST_RESET.set(0, last, 0);
+}
+
+/// The reset this CPU just traced, if it is on `flow` and recent enough to be the same story.
+#[inline(always)]
+pub fn last_reset_on(flow: &FlowKey, now_ns: u64) -> Option<LastReset> {
+    let last = unsafe { *LAST_RESET.get_ptr(0)? };
+    (last.flow == *flow && now_ns.wrapping_sub(last.ts_ns) <= SAME_PATH_NS).then_some(last)
 }
 
 #[inline(always)]

@@ -1,7 +1,7 @@
 //! Facts read from the socket itself, at BTF offsets. Only full sockets have the `tcp_sock`
 //! fields; time-wait and request sockets share just `sock_common`.
 
-use rstwatch_common::{ResetEvent, fact};
+use rstwatch_common::{FlowKey, ResetEvent, event_flag, fact, tcp_state};
 
 use crate::read::{conf, kernel};
 
@@ -22,19 +22,79 @@ pub fn tw_substate(ev: &mut ResetEvent, sk: u64) -> u8 {
 /// Local and remote endpoints of a full socket.
 #[inline(always)]
 pub fn addresses(ev: &mut ResetEvent, sk: u64) {
+    let flow = flow(sk);
+    ev.family = flow.family;
+    ev.local_port = flow.local_port;
+    ev.remote_port = flow.remote_port;
+    ev.local_addr = flow.local_addr;
+    ev.remote_addr = flow.remote_addr;
+}
+
+#[inline(always)]
+pub fn flow(sk: u64) -> FlowKey {
     let family = kernel::<u16>(sk, conf!(sk_family)).unwrap_or(0);
-    ev.family = family;
-    ev.local_port = u16::from_be(kernel::<u16>(sk, conf!(inet_sport)).unwrap_or(0));
-    ev.remote_port = u16::from_be(kernel::<u16>(sk, conf!(sk_dport)).unwrap_or(0));
+    let mut flow = FlowKey {
+        family,
+        local_port: local_port(sk),
+        remote_port: u16::from_be(kernel::<u16>(sk, conf!(sk_dport)).unwrap_or(0)),
+        ..FlowKey::default()
+    };
     if family == AF_INET6 {
-        ev.local_addr = kernel::<[u8; 16]>(sk, conf!(sk_v6_rcv_saddr)).unwrap_or([0; 16]);
-        ev.remote_addr = kernel::<[u8; 16]>(sk, conf!(sk_v6_daddr)).unwrap_or([0; 16]);
+        flow.local_addr = kernel::<[u8; 16]>(sk, conf!(sk_v6_rcv_saddr)).unwrap_or([0; 16]);
+        flow.remote_addr = kernel::<[u8; 16]>(sk, conf!(sk_v6_daddr)).unwrap_or([0; 16]);
     } else {
         let local = kernel::<[u8; 4]>(sk, conf!(sk_rcv_saddr)).unwrap_or([0; 4]);
         let remote = kernel::<[u8; 4]>(sk, conf!(sk_daddr)).unwrap_or([0; 4]);
-        ev.local_addr[..4].copy_from_slice(&local);
-        ev.remote_addr[..4].copy_from_slice(&remote);
+        flow.local_addr[..4].copy_from_slice(&local);
+        flow.remote_addr[..4].copy_from_slice(&remote);
     }
+    flow
+}
+
+/// `inet_sport`: unlike `skc_num` it survives the unhash tcp_set_state(CLOSE) does.
+#[inline(always)]
+pub fn local_port(sk: u64) -> u16 {
+    u16::from_be(kernel::<u16>(sk, conf!(inet_sport)).unwrap_or(0))
+}
+
+/// Inode number of the socket's network namespace.
+#[inline(always)]
+pub fn netns(sk: u64) -> u32 {
+    let Some(net) = kernel::<u64>(sk, conf!(sk_net)) else { return 0 };
+    if net == 0 {
+        return 0;
+    }
+    kernel::<u32>(net, conf!(net_inum)).unwrap_or(0)
+}
+
+/// The port that names the service: the listener's port, whichever side of the connection we are.
+#[inline(always)]
+pub fn service_port(ev: &ResetEvent) -> u16 {
+    let state = ev.key.state;
+    if state == tcp_state::SYN_SENT {
+        return ev.remote_port;
+    }
+    if ev.skaddr == 0 || state == tcp_state::LISTEN || state == tcp_state::NEW_SYN_RECV {
+        return ev.local_port;
+    }
+    if ev.key.facts & fact::PASSIVE != 0 {
+        return ev.local_port;
+    }
+    if ev.flags & event_flag::BIRTH_KNOWN != 0 {
+        // Born by connect(): we are the client.
+        return ev.remote_port;
+    }
+    guess_service_port(ev.local_port, ev.remote_port)
+}
+
+/// For connections older than the daemon, time-wait sockets and socket errors: an ephemeral
+/// local port facing a non-ephemeral remote one means we are the client.
+#[inline(always)]
+pub fn guess_service_port(local_port: u16, remote_port: u16) -> u16 {
+    let low = conf!(ephemeral_port_low);
+    let high = conf!(ephemeral_port_high);
+    let ephemeral = |port: u16| port >= low && port <= high;
+    if ephemeral(local_port) && !ephemeral(remote_port) { remote_port } else { local_port }
 }
 
 /// The life of a full TCP connection up to the reset: bytes, idle stamps, unread/unsent data,

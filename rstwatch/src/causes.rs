@@ -42,6 +42,7 @@ pub enum Cause {
     IdleReset,
     PeerReset,
     ResetWhileClosing,
+    Injected,
     // either
     Other,
 }
@@ -245,6 +246,15 @@ pub const CAUSES: &[CauseInfo] = &[
         remedy: "Usually the peer discarding data on close; check whether data was lost on the peer's side.",
         app_error: "This app, if it still reads: Java \"java.net.SocketException: Connection reset\"; Go \"read: connection reset by peer\"; Python ConnectionResetError [Errno 104]",
         typical_state: "fin_wait2",
+    },
+    CauseInfo {
+        cause: Cause::Injected,
+        label: "injected",
+        directions: RECEIVED,
+        meaning: "No TCP stack sent this reset: the local firewall (netfilter REJECT with tcp-reset) made it, and the peer was never told.",
+        remedy: "Review firewall rules and network policies (nft list ruleset, iptables-save, Kubernetes NetworkPolicy); the application is not at fault.",
+        app_error: "This app: Java \"java.net.ConnectException: Connection refused\" or \"Connection reset\"; Go \"connection refused\" / \"connection reset by peer\"; Python ConnectionRefusedError / ConnectionResetError",
+        typical_state: "syn_sent",
     },
     CauseInfo {
         cause: Cause::Other,

@@ -194,6 +194,9 @@ fn classify_sent_without_reason(f: &ResetFacts) -> Cause {
 }
 
 fn classify_received(f: &ResetFacts) -> Cause {
+    if f.has(fact::INJECTED) {
+        return Cause::Injected;
+    }
     match f.state {
         tcp_state::SYN_SENT => Cause::ConnectionRefused,
         tcp_state::CLOSE_WAIT => Cause::StaleConnection,
@@ -298,6 +301,8 @@ mod tests {
             ("CLOSING", received(CLOSING, FULL), Cause::ResetWhileClosing),
             ("LAST_ACK", received(LAST_ACK, FULL), Cause::ResetWhileClosing),
             ("TFO child", received(SYN_RECV, FULL), Cause::Other),
+            ("12a firewall REJECT of a SYN", received(SYN_SENT, FULL | INJECTED), Cause::Injected),
+            ("12b firewall REJECT mid-connection", received(ESTABLISHED, FULL | INJECTED), Cause::Injected),
         ];
         for (scenario, facts, expected) in table {
             assert_eq!(classify(facts), *expected, "{scenario}: {facts:?}");

@@ -4,11 +4,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
-use rstwatch_common::{CountKey, lost};
+use rstwatch_common::{CountKey, ErrorKey, STATE_NONE, lost};
 
 use crate::{
     causes::{Cause, Direction},
     classify::{ResetFacts, classify, state_label},
+    events::{comm_text, errno_name},
 };
 
 /// Labels of one `rstwatch_resets_total` series.
@@ -18,37 +19,77 @@ pub struct SeriesLabels {
     pub cause: Cause,
     pub state: &'static str,
     pub port: String,
+    pub comm: String,
 }
 
-/// Gives ports their own label value up to a cap; the rest share `other`. A port keeps its label
-/// once given, so series never change name under a running Prometheus.
-pub struct PortLabels {
+/// Labels of one `rstwatch_socket_errors_total` series.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ErrorLabels {
+    pub errno: &'static str,
+    pub comm: String,
+    pub port: String,
+}
+
+/// The label value for everything past a cap.
+pub const OTHER: &str = "other";
+
+/// Gives values their own label up to a cap; the rest share `other`. A value keeps its label once
+/// given, so series never change name under a running Prometheus.
+pub struct LabelCap<K> {
     max: usize,
-    known: HashMap<u16, String>,
+    known: HashMap<K, String>,
 }
 
-pub const OTHER_PORT: &str = "other";
-
-impl PortLabels {
+impl<K: std::hash::Hash + Eq + Clone> LabelCap<K> {
     pub fn new(max: usize) -> Self {
-        PortLabels { max, known: HashMap::new() }
+        LabelCap { max, known: HashMap::new() }
     }
 
-    pub fn label(&mut self, port: u16) -> String {
-        if port == 0 {
-            return OTHER_PORT.to_string();
-        }
-        if let Some(label) = self.known.get(&port) {
-            return label.clone();
+    /// The label for `value` (rendered by `render` the first time), and whether the cap made it
+    /// `other`.
+    pub fn label(&mut self, value: &K, render: impl FnOnce() -> String) -> (String, bool) {
+        if let Some(label) = self.known.get(value) {
+            return (label.clone(), false);
         }
         if self.known.len() >= self.max {
-            return OTHER_PORT.to_string();
+            return (OTHER.to_string(), true);
         }
-        let label = port.to_string();
-        self.known.insert(port, label.clone());
-        label
+        let label = render();
+        self.known.insert(value.clone(), label.clone());
+        (label, false)
     }
 }
+
+/// The label caps of a daemon, and how many resets each cap sent to `other` so far.
+pub struct Labels {
+    pub ports: LabelCap<u16>,
+    pub comms: LabelCap<[u8; 16]>,
+}
+
+impl Labels {
+    pub fn new(max_ports: usize, max_comms: usize) -> Self {
+        Labels { ports: LabelCap::new(max_ports), comms: LabelCap::new(max_comms) }
+    }
+
+    /// Port 0 means the kernel could not tell (or its map was full): `other`, not an overflow.
+    fn port(&mut self, port: u16) -> (String, bool) {
+        if port == 0 {
+            return (OTHER.to_string(), false);
+        }
+        self.ports.label(&port, || port.to_string())
+    }
+
+    /// `none` without a socket, `unknown` for a socket whose owner was not seen.
+    fn comm(&mut self, comm: &[u8; 16], has_socket: bool) -> (String, bool) {
+        if comm[0] == 0 {
+            return ((if has_socket { "unknown" } else { "none" }).to_string(), false);
+        }
+        self.comms.label(comm, || comm_text(comm))
+    }
+}
+
+/// Totals of resets the caps relabelled `other`, by label name.
+pub type Overflow = BTreeMap<&'static str, u64>;
 
 /// Turns kernel count keys into series labels.
 #[derive(Clone)]
@@ -61,30 +102,58 @@ impl Classifier {
         ResetFacts::from_key(key, |value| self.reason_names.get(&value).cloned())
     }
 
-    pub fn labels(&self, key: &CountKey, ports: &mut PortLabels) -> SeriesLabels {
+    fn labels(&self, key: &CountKey, labels: &mut Labels) -> (SeriesLabels, [bool; 2]) {
         let facts = self.facts(key);
-        SeriesLabels {
+        let (port, port_capped) = labels.port(key.port);
+        let (comm, comm_capped) = labels.comm(&key.comm, key.state != STATE_NONE);
+        let series = SeriesLabels {
             direction: facts.direction,
             cause: classify(&facts),
             state: state_label(facts.state_before()),
-            port: ports.label(key.port),
-        }
+            port,
+            comm,
+        };
+        (series, [port_capped, comm_capped])
     }
 }
 
-/// Totals of everything in the kernel's count map, summed over CPUs, by series.
+/// Totals of everything in the kernel's count map, summed over CPUs, by series; and how much of
+/// it the label caps sent to `other`.
 pub fn read_series(
     counts: &PerCpuHashMap<MapData, CountKey, u64>,
     classifier: &Classifier,
-    ports: &mut PortLabels,
-) -> anyhow::Result<BTreeMap<SeriesLabels, u64>> {
+    labels: &mut Labels,
+) -> anyhow::Result<(BTreeMap<SeriesLabels, u64>, Overflow)> {
     let mut series = BTreeMap::new();
+    let mut overflow = Overflow::from([("port", 0), ("comm", 0)]);
     for entry in counts.iter() {
         let (key, per_cpu) = entry.context("reading the in-kernel reset counters")?;
         // Per-CPU slots may individually wrap below zero (see the eBPF `uncount`); their sum is
         // the true count.
         let total = per_cpu.iter().fold(0u64, |sum, value| sum.wrapping_add(*value));
-        *series.entry(classifier.labels(&key, ports)).or_insert(0u64) += total;
+        let (labels, [port_capped, comm_capped]) = classifier.labels(&key, labels);
+        *series.entry(labels).or_insert(0u64) += total;
+        *overflow.get_mut("port").expect("seeded") += port_capped as u64 * total;
+        *overflow.get_mut("comm").expect("seeded") += comm_capped as u64 * total;
+    }
+    Ok((series, overflow))
+}
+
+/// Totals of the kernel's socket-error map, by series.
+pub fn read_errors(
+    errors: &PerCpuHashMap<MapData, ErrorKey, u64>,
+    labels: &mut Labels,
+) -> anyhow::Result<BTreeMap<ErrorLabels, u64>> {
+    let mut series = BTreeMap::new();
+    for entry in errors.iter() {
+        let (key, per_cpu) = entry.context("reading the in-kernel socket-error counters")?;
+        let total: u64 = per_cpu.iter().sum();
+        let labels = ErrorLabels {
+            errno: errno_name(key.errno),
+            comm: labels.comm(&key.comm, true).0,
+            port: labels.port(key.port).0,
+        };
+        *series.entry(labels).or_insert(0u64) += total;
     }
     Ok(series)
 }
@@ -114,12 +183,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ports_beyond_the_cap_share_other_and_keep_their_labels() {
-        let mut ports = PortLabels::new(2);
-        assert_eq!(ports.label(8080), "8080");
-        assert_eq!(ports.label(0), OTHER_PORT);
-        assert_eq!(ports.label(443), "443");
-        assert_eq!(ports.label(22), OTHER_PORT);
-        assert_eq!(ports.label(8080), "8080");
+    fn values_beyond_the_cap_share_other_and_keep_their_labels() {
+        let mut labels = Labels::new(2, 1);
+        assert_eq!(labels.port(8080), ("8080".into(), false));
+        assert_eq!(labels.port(0), (OTHER.into(), false));
+        assert_eq!(labels.port(443), ("443".into(), false));
+        assert_eq!(labels.port(22), (OTHER.into(), true));
+        assert_eq!(labels.port(8080), ("8080".into(), false));
+
+        let comm = |name: &str| {
+            let mut raw = [0u8; 16];
+            raw[..name.len()].copy_from_slice(name.as_bytes());
+            raw
+        };
+        assert_eq!(labels.comm(&comm("java"), true), ("java".into(), false));
+        assert_eq!(labels.comm(&comm("nginx"), true), (OTHER.into(), true));
+        assert_eq!(labels.comm(&[0; 16], true), ("unknown".into(), false));
+        assert_eq!(labels.comm(&[0; 16], false), ("none".into(), false));
     }
 }

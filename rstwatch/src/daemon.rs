@@ -14,12 +14,13 @@ use aya::{
     programs::ProgramFd,
 };
 use log::{info, warn};
-use rstwatch_common::CountKey;
+use rstwatch_common::{CountKey, ErrorKey};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    counts::{self, Classifier, PortLabels},
-    events::{self, Reset},
+    counts::{self, Classifier, Labels},
+    causes::Cause,
+    events::{self, Observation},
     http::{self, Exporter},
     metrics::Metrics,
     output::{self, RateLimiter, WallClock},
@@ -31,6 +32,7 @@ pub struct RunOptions {
     pub metrics_addr: SocketAddr,
     pub idle_threshold: Duration,
     pub max_ports: usize,
+    pub max_comms: usize,
     pub ring_buffer_bytes: u32,
     /// Where to write JSON events: a file (appended to), `-` for stdout, or nowhere.
     pub events: Option<PathBuf>,
@@ -41,9 +43,10 @@ pub struct RunOptions {
 struct Counters {
     metrics: Metrics,
     counts: PerCpuHashMap<MapData, CountKey, u64>,
+    errors: PerCpuHashMap<MapData, ErrorKey, u64>,
     lost: PerCpuArray<MapData, u64>,
     classifier: Classifier,
-    ports: PortLabels,
+    labels: Labels,
     reset_programs: Vec<ProgramFd>,
 }
 
@@ -58,16 +61,16 @@ impl Shared {
 impl Exporter for Shared {
     fn metrics(&self) -> anyhow::Result<Vec<u8>> {
         let mut counters = self.lock()?;
-        let Counters { metrics, counts, lost, classifier, ports, reset_programs } = &mut *counters;
-        let series = counts::read_series(counts, classifier, ports)?;
-        metrics.sync_resets(&series);
+        let Counters { metrics, counts, errors, lost, classifier, labels, reset_programs } = &mut *counters;
+        let (resets, overflow) = counts::read_series(counts, classifier, labels)?;
+        let errors = counts::read_errors(errors, labels)?;
         let mut lost = counts::read_lost(lost)?;
         let mut skipped = 0;
         for program in reset_programs.iter() {
             skipped += prog_stats::recursion_misses(program)?;
         }
         lost.push((counts::PROBE_SKIPPED, skipped));
-        metrics.sync_lost(&lost);
+        metrics.sync(&resets, &errors, &lost, &overflow);
         metrics.encode()
     }
 }
@@ -83,13 +86,14 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         metrics.set_probe_attached(probe, *attached);
     }
     let decoder = session.decoder();
-    let Session { mut probes, counts, lost, ring, .. } = session;
+    let Session { mut probes, counts, errors, lost, ring, .. } = session;
     let shared = Arc::new(Shared(Mutex::new(Counters {
         metrics,
         counts,
+        errors,
         lost,
         classifier: decoder.classifier.clone(),
-        ports: PortLabels::new(options.max_ports),
+        labels: Labels::new(options.max_ports, options.max_comms),
         reset_programs: std::mem::take(&mut probes.reset_programs),
     })));
 
@@ -98,20 +102,29 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let clock = WallClock::now();
     let mut limiter = RateLimiter::new(options.events_per_cause_per_second);
     let reader_shared = shared.clone();
-    let reader = tokio::spawn(events::read_events(ring, decoder, move |resets: Vec<Reset>, decode_errors| {
+    let reader = tokio::spawn(events::read_events(ring, decoder, move |observations: Vec<Observation>, decode_errors| {
         let counters = reader_shared.lock()?;
         if decode_errors > 0 {
             warn!("{decode_errors} malformed event records (daemon and eBPF object out of step?)");
             counters.metrics.count_decode_errors(decode_errors);
         }
-        for reset in &resets {
-            log::debug!("{reset}");
-            counters.metrics.observe(reset);
+        for observation in &observations {
+            let (cause, monotonic_ns) = match observation {
+                Observation::Reset(reset) => {
+                    log::debug!("{reset}");
+                    counters.metrics.observe(reset);
+                    (reset.cause, reset.monotonic_ns)
+                }
+                // An application error shares the budget of the reset that caused it.
+                Observation::SocketError(error) => {
+                    (error.reset.map_or(Cause::Other, |(_, cause, _)| cause), error.monotonic_ns)
+                }
+            };
             if let Some(writer) = event_writer.as_mut() {
-                if limiter.allow(reset.cause, reset.monotonic_ns) {
-                    writeln!(writer, "{}", output::json_line(reset, &clock)).context("writing an event")?;
+                if limiter.allow(cause, monotonic_ns) {
+                    writeln!(writer, "{}", output::json_line(observation, &clock)).context("writing an event")?;
                 } else {
-                    counters.metrics.count_rate_limited(reset.cause);
+                    counters.metrics.count_rate_limited(cause);
                 }
             }
         }

@@ -9,7 +9,9 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use rstwatch_common::{ResetEvent, event_flag, fact};
+use rstwatch_common::{
+    EVENT_RESET, EVENT_SOCKET_ERROR, Owner, ResetEvent, SocketErrorEvent, event_flag, fact,
+};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
@@ -29,9 +31,10 @@ pub struct Reset {
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub service_port: u16,
-    pub pid: u32,
-    pub tgid: u32,
-    pub comm: String,
+    /// The socket's owner (the process that connected it or created its listener), if known.
+    pub owner: Option<Process>,
+    /// The task that was running when the kernel handled the reset (often not the owner).
+    pub context: Process,
     pub age: Option<Duration>,
     /// Time since the last segment from the peer.
     pub idle: Option<Duration>,
@@ -49,13 +52,65 @@ pub struct Reset {
     pub skaddr: u64,
 }
 
-/// One line per reset, for `RUST_LOG=debug` until the event stream exists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Process {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    /// cgroup v2 id; 0 when not known (the context task's is not recorded).
+    pub cgroup_id: u64,
+}
+
+impl Process {
+    fn from_owner(owner: &Owner) -> Process {
+        Process { pid: owner.tgid, tid: owner.pid, comm: comm_text(&owner.comm), cgroup_id: owner.cgroup_id }
+    }
+
+    /// For the `comm` metric label: `none` without a socket, `unknown` with an unknown owner.
+    pub fn label(owner: Option<&Process>, has_socket: bool) -> &str {
+        match owner {
+            Some(process) => &process.comm,
+            None if has_socket => "unknown",
+            None => "none",
+        }
+    }
+}
+
+/// An error the kernel queued on a socket because of a reset: what the application got.
+#[derive(Clone, Debug)]
+pub struct SocketError {
+    pub errno: u16,
+    pub service_port: u16,
+    pub owner: Option<Process>,
+    pub monotonic_ns: u64,
+    /// The reset that caused it (same socket, just before), when seen.
+    pub reset: Option<(Direction, Cause, u64)>,
+}
+
+pub fn errno_name(errno: u16) -> &'static str {
+    match errno as i32 {
+        libc::ECONNRESET => "ECONNRESET",
+        libc::EPIPE => "EPIPE",
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::ECONNABORTED => "ECONNABORTED",
+        _ => "other",
+    }
+}
+
+/// What the ring buffer delivers, decoded.
+#[derive(Clone, Debug)]
+pub enum Observation {
+    Reset(Reset),
+    SocketError(SocketError),
+}
+
+/// One line per reset, for `RUST_LOG=debug`.
 impl std::fmt::Display for Reset {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let secs = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.3}s", d.as_secs_f64()));
         write!(
             f,
-            "{} {} reason={} state={} {} -> {} port={} task={}/{}({}) age={} idle={} since_send={} rx={:?} acked={:?} orphan={} linger0={} unread={} unsent={} trigger={:?} sk={:#x} t={}",
+            "{} {} reason={} state={} {} -> {} port={} owner={:?} context={}({}) age={} idle={} since_send={} rx={:?} acked={:?} orphan={} linger0={} unread={} unsent={} trigger={:?} sk={:#x} t={}",
             self.direction.label(),
             self.cause,
             self.reason.as_deref().unwrap_or("-"),
@@ -63,9 +118,9 @@ impl std::fmt::Display for Reset {
             self.local,
             self.remote,
             self.service_port,
-            self.tgid,
-            self.pid,
-            self.comm,
+            self.owner,
+            self.context.comm,
+            self.context.pid,
             secs(self.age),
             secs(self.idle),
             secs(self.since_last_send),
@@ -103,9 +158,8 @@ impl Decoder {
             local: socket_addr(ev.family, &ev.local_addr, ev.local_port),
             remote: socket_addr(ev.family, &ev.remote_addr, ev.remote_port),
             service_port: ev.key.port,
-            pid: ev.pid,
-            tgid: ev.tgid,
-            comm: comm(&ev.comm),
+            owner: (ev.key.facts & fact::OWNER_KNOWN != 0).then(|| Process::from_owner(&ev.owner)),
+            context: Process { pid: ev.tgid, tid: ev.pid, comm: comm_text(&ev.comm), cgroup_id: 0 },
             age: (ev.flags & event_flag::BIRTH_KNOWN != 0)
                 .then(|| Duration::from_nanos(ev.ts_ns.saturating_sub(ev.birth_ns))),
             idle: jiffies(last_receive),
@@ -123,10 +177,66 @@ impl Decoder {
     }
 }
 
+impl Decoder {
+    pub fn decode_error(&self, ev: &SocketErrorEvent, linker: &Linker) -> SocketError {
+        let known = ev.owner.comm[0] != 0 || ev.owner.tgid != 0;
+        SocketError {
+            errno: ev.key.errno,
+            service_port: ev.key.port,
+            owner: known.then(|| Process::from_owner(&ev.owner)),
+            monotonic_ns: ev.ts_ns,
+            reset: linker.find(ev.skaddr, ev.ts_ns),
+        }
+    }
+}
+
+/// Remembers recent resets by socket, so the error an application gets links to its reset.
+pub struct Linker {
+    recent: VecDeque<(u64, u64, Direction, Cause)>,
+}
+
+/// The kernel queues the error in the same call chain as the reset: microseconds apart.
+const LINK_NS: u64 = 1_000_000_000;
+const LINK_MAX: usize = 4096;
+
+impl Linker {
+    pub fn new() -> Linker {
+        Linker { recent: VecDeque::new() }
+    }
+
+    pub fn remember(&mut self, reset: &Reset) {
+        if reset.skaddr == 0 {
+            return;
+        }
+        if self.recent.len() >= LINK_MAX {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((reset.skaddr, reset.monotonic_ns, reset.direction, reset.cause));
+    }
+
+    fn find(&self, skaddr: u64, ts_ns: u64) -> Option<(Direction, Cause, u64)> {
+        if skaddr == 0 {
+            return None;
+        }
+        self.recent
+            .iter()
+            .rev()
+            .find(|(sk, ts, ..)| *sk == skaddr && ts_ns.saturating_sub(*ts) <= LINK_NS)
+            .map(|(_, ts, direction, cause)| (*direction, *cause, *ts))
+    }
+}
+
 /// Received resets on closing sockets may be the kernel's own (data on a closing orphan): the
 /// sent reset that follows on the same socket says so. Hold them briefly until we know.
 pub struct FalseReceiveFilter {
     held: VecDeque<(u64, ResetEvent)>,
+}
+
+/// A ring-buffer record.
+#[derive(Clone, Copy)]
+pub enum Record {
+    Reset(ResetEvent),
+    SocketError(SocketErrorEvent),
 }
 
 /// Both tracepoints fire in one softirq; the ring buffer delivers them together or nearly so.
@@ -137,8 +247,12 @@ impl FalseReceiveFilter {
         FalseReceiveFilter { held: VecDeque::new() }
     }
 
-    /// Feed one event; returns the events that are now known to be real, in order.
-    pub fn push(&mut self, ev: ResetEvent, out: &mut Vec<ResetEvent>) {
+    /// Feed one record; appends the records now known to be real, in order.
+    pub fn push(&mut self, record: Record, out: &mut Vec<Record>) {
+        let ev = match record {
+            Record::Reset(ev) => ev,
+            other => return out.push(other),
+        };
         if ev.flags & event_flag::UNDID_FALSE_RECEIVE != 0 {
             self.held.retain(|(_, held)| held.skaddr != ev.skaddr);
         }
@@ -146,17 +260,17 @@ impl FalseReceiveFilter {
         if ev.flags & event_flag::RECEIVE_WHILE_CLOSING != 0 {
             self.held.push_back((ev.ts_ns, ev));
         } else {
-            out.push(ev);
+            out.push(Record::Reset(ev));
         }
     }
 
     /// Release what has been held long enough, given the current monotonic time.
-    pub fn release_older_than(&mut self, now_ns: u64, out: &mut Vec<ResetEvent>) {
+    pub fn release_older_than(&mut self, now_ns: u64, out: &mut Vec<Record>) {
         while let Some((ts, _)) = self.held.front() {
             if now_ns.saturating_sub(*ts) < HOLD_NS {
                 break;
             }
-            out.push(self.held.pop_front().expect("front exists").1);
+            out.push(Record::Reset(self.held.pop_front().expect("front exists").1));
         }
     }
 }
@@ -180,7 +294,7 @@ fn socket_addr(family: u16, addr: &[u8; 16], port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
 
-fn comm(raw: &[u8; 16]) -> String {
+pub fn comm_text(raw: &[u8; 16]) -> String {
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
     String::from_utf8_lossy(&raw[..end]).into_owned()
 }
@@ -190,12 +304,13 @@ fn comm(raw: &[u8; 16]) -> String {
 pub async fn read_events(
     ring: RingBuf<MapData>,
     decoder: Decoder,
-    mut sink: impl FnMut(Vec<Reset>, u64) -> anyhow::Result<()>,
+    mut sink: impl FnMut(Vec<Observation>, u64) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open for as long as it is registered.
     let mut ring = unsafe { AsyncFd::register(ring) }
         .map_err(|err| anyhow::anyhow!("polling the event ring buffer: {err}"))?;
     let mut filter = FalseReceiveFilter::new();
+    let mut linker = Linker::new();
     let mut tick = tokio::time::interval(Duration::from_millis(25));
     let mut ready = Vec::new();
     loop {
@@ -217,8 +332,18 @@ pub async fn read_events(
         if ready.is_empty() && decode_errors == 0 {
             continue;
         }
-        let resets = ready.drain(..).map(|ev| decoder.decode(&ev)).collect();
-        sink(resets, decode_errors)?;
+        let observations = ready
+            .drain(..)
+            .map(|record| match record {
+                Record::Reset(ev) => {
+                    let reset = decoder.decode(&ev);
+                    linker.remember(&reset);
+                    Observation::Reset(reset)
+                }
+                Record::SocketError(ev) => Observation::SocketError(decoder.decode_error(&ev, &linker)),
+            })
+            .collect();
+        sink(observations, decode_errors)?;
     }
 }
 
@@ -229,10 +354,16 @@ pub fn monotonic_ns() -> u64 {
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
-/// `ResetEvent` from ring-buffer bytes; None if the size is not ours (a build mismatch).
-pub fn from_bytes(bytes: &[u8]) -> Option<ResetEvent> {
-    (bytes.len() >= size_of::<ResetEvent>())
-        .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<ResetEvent>()) })
+/// A record from ring-buffer bytes; None if its kind or size is not ours (a build mismatch).
+pub fn from_bytes(bytes: &[u8]) -> Option<Record> {
+    fn read<T>(bytes: &[u8]) -> Option<T> {
+        (bytes.len() >= size_of::<T>()).then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+    }
+    match read::<u32>(bytes)? {
+        EVENT_RESET => read(bytes).map(Record::Reset),
+        EVENT_SOCKET_ERROR => read(bytes).map(Record::SocketError),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -249,18 +380,38 @@ mod tests {
 
     #[test]
     fn a_false_receive_is_dropped_and_a_real_one_released_after_the_hold() {
+        let stamps = |out: &Vec<Record>| {
+            out.iter()
+                .map(|r| match r {
+                    Record::Reset(e) => e.ts_ns,
+                    Record::SocketError(e) => e.ts_ns,
+                })
+                .collect::<Vec<_>>()
+        };
         let mut filter = FalseReceiveFilter::new();
         let mut out = Vec::new();
-        filter.push(event(1_000, 0xa, event_flag::RECEIVE_WHILE_CLOSING), &mut out);
-        filter.push(event(2_000, 0xa, event_flag::UNDID_FALSE_RECEIVE), &mut out);
-        assert_eq!(out.iter().map(|e| e.ts_ns).collect::<Vec<_>>(), vec![2_000]);
+        filter.push(Record::Reset(event(1_000, 0xa, event_flag::RECEIVE_WHILE_CLOSING)), &mut out);
+        filter.push(Record::Reset(event(2_000, 0xa, event_flag::UNDID_FALSE_RECEIVE)), &mut out);
+        assert_eq!(stamps(&out), vec![2_000]);
 
         out.clear();
-        filter.push(event(3_000, 0xb, event_flag::RECEIVE_WHILE_CLOSING), &mut out);
-        filter.push(event(4_000, 0xc, 0), &mut out);
-        assert_eq!(out.iter().map(|e| e.ts_ns).collect::<Vec<_>>(), vec![4_000]);
+        filter.push(Record::Reset(event(3_000, 0xb, event_flag::RECEIVE_WHILE_CLOSING)), &mut out);
+        filter.push(Record::Reset(event(4_000, 0xc, 0)), &mut out);
+        assert_eq!(stamps(&out), vec![4_000]);
         filter.release_older_than(3_000 + HOLD_NS, &mut out);
-        assert_eq!(out.iter().map(|e| e.ts_ns).collect::<Vec<_>>(), vec![4_000, 3_000]);
+        assert_eq!(stamps(&out), vec![4_000, 3_000]);
+    }
+
+    #[test]
+    fn records_decode_by_kind_and_reject_strangers() {
+        let mut ev = event(5, 0xd, 0);
+        ev.kind = EVENT_RESET;
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&ev as *const ResetEvent).cast::<u8>(), size_of::<ResetEvent>())
+        };
+        assert!(matches!(from_bytes(bytes), Some(Record::Reset(e)) if e.skaddr == 0xd));
+        assert!(from_bytes(&bytes[..16]).is_none(), "a short record is not read past its end");
+        assert!(from_bytes(&[9, 0, 0, 0, 0, 0, 0, 0]).is_none(), "unknown kind");
     }
 
     #[test]

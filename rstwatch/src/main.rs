@@ -41,6 +41,10 @@ enum Command {
         /// Distinct service ports that get their own `port` label; the rest are `other`.
         #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=65535))]
         max_ports: u32,
+        /// Distinct process names (of socket owners) that get their own `comm` label; the rest
+        /// are `other`.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10000))]
+        max_comms: u32,
         /// Size of the kernel-to-daemon event ring buffer in KiB (a power of two, at least 4).
         /// Counters are exact whatever its size; it bounds how many event details survive a burst.
         #[arg(long, default_value_t = 4096, value_parser = parse_ring_kib)]
@@ -119,6 +123,7 @@ fn main() -> ExitCode {
             metrics_addr,
             idle_threshold,
             max_ports,
+            max_comms,
             ring_buffer_kib,
             events,
             events_rate_limit,
@@ -127,6 +132,7 @@ fn main() -> ExitCode {
                 metrics_addr,
                 idle_threshold,
                 max_ports: max_ports as usize,
+                max_comms: max_comms as usize,
                 ring_buffer_bytes: ring_buffer_kib * 1024,
                 events,
                 events_per_cause_per_second: events_rate_limit,

@@ -9,7 +9,7 @@ use prometheus::{
 
 use crate::{
     causes::{CAUSES, Cause},
-    counts::{LOST_STAGES, OTHER_PORT, PROBE_SKIPPED, SeriesLabels},
+    counts::{ErrorLabels, LOST_STAGES, OTHER, Overflow, PROBE_SKIPPED, SeriesLabels},
     events::Reset,
 };
 
@@ -24,10 +24,11 @@ pub struct Metrics {
     lost: IntCounterVec,
     probe_attached: IntGaugeVec,
     rate_limited: IntCounterVec,
-    /// What each series and loss stage had reached at the previous sync: counters only move by the
+    socket_errors: IntCounterVec,
+    label_overflow: IntCounterVec,
+    /// What each series had reached at the previous sync, by metric: counters only move by the
     /// kernel's increase since then.
-    last_resets: HashMap<SeriesLabels, u64>,
-    last_lost: HashMap<&'static str, u64>,
+    last: HashMap<(&'static str, Vec<String>), u64>,
 }
 
 /// From "just reused a pooled connection" to "an idle NAT mapping of an hour".
@@ -39,7 +40,7 @@ impl Metrics {
         let registry = Registry::new();
         let resets = IntCounterVec::new(
             Opts::new("rstwatch_resets_total", "TCP resets on this host, by direction, cause, local TCP state before the reset, and service port."),
-            &["direction", "cause", "state", "port"],
+            &["direction", "cause", "state", "port", "comm"],
         )?;
         let idle = HistogramVec::new(
             HistogramOpts::new("rstwatch_reset_idle_seconds", "Time since the connection last received a segment from the peer, at the reset.")
@@ -63,11 +64,19 @@ impl Metrics {
             Opts::new("rstwatch_events_rate_limited_total", "Events not written to --events because their cause exceeded --events-rate-limit per second (still counted in rstwatch_resets_total)."),
             &["cause"],
         )?;
+        let socket_errors = IntCounterVec::new(
+            Opts::new("rstwatch_socket_errors_total", "Errors the kernel queued on sockets because of a reset (what the application's next read, write or connect returns), by errno, owning process and service port."),
+            &["errno", "comm", "port"],
+        )?;
+        let label_overflow = IntCounterVec::new(
+            Opts::new("rstwatch_label_overflow_total", "Resets counted under port=\"other\" or comm=\"other\" because --max-ports or --max-comms distinct values were already in use."),
+            &["label"],
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("rstwatch_build_info", "rstwatch version and the kernel it runs on."),
             &["version", "kernel"],
         )?;
-        for collector in [&resets, &lost, &rate_limited] {
+        for collector in [&resets, &lost, &rate_limited, &socket_errors, &label_overflow] {
             registry.register(Box::new(collector.clone()))?;
         }
         for collector in [&idle, &age] {
@@ -82,7 +91,7 @@ impl Metrics {
         // first reset of each cause instead of a series appearing with it.
         for info in CAUSES {
             for direction in info.directions {
-                resets.with_label_values(&[direction.label(), info.label, info.typical_state, OTHER_PORT]);
+                resets.with_label_values(&[direction.label(), info.label, info.typical_state, OTHER, OTHER]);
                 idle.with_label_values(&[direction.label(), info.label]);
                 age.with_label_values(&[direction.label(), info.label]);
             }
@@ -92,6 +101,9 @@ impl Metrics {
         }
         lost.with_label_values(&[LOST_DECODE]);
         lost.with_label_values(&[PROBE_SKIPPED]);
+        for label in ["port", "comm"] {
+            label_overflow.with_label_values(&[label]);
+        }
 
         Ok(Metrics {
             registry,
@@ -101,8 +113,9 @@ impl Metrics {
             lost,
             probe_attached,
             rate_limited,
-            last_resets: HashMap::new(),
-            last_lost: HashMap::new(),
+            socket_errors,
+            label_overflow,
+            last: HashMap::new(),
         })
     }
 
@@ -110,28 +123,26 @@ impl Metrics {
         self.probe_attached.with_label_values(&[probe]).set(attached as i64);
     }
 
-    /// Bring `rstwatch_resets_total` up to the kernel's totals.
-    pub fn sync_resets(&mut self, series: &BTreeMap<SeriesLabels, u64>) {
-        for (labels, total) in series {
-            let last = self.last_resets.entry(labels.clone()).or_insert(0);
-            // A total can only dip for the microseconds between the kernel counting its own false
-            // "received" reset and taking it back; never let the counter go down.
-            if *total > *last {
-                self.resets
-                    .with_label_values(&[labels.direction.label(), labels.cause.label(), labels.state, &labels.port])
-                    .inc_by(*total - *last);
-                *last = *total;
-            }
+    /// Bring the counters kept in the kernel up to its totals.
+    pub fn sync(
+        &mut self,
+        resets: &BTreeMap<SeriesLabels, u64>,
+        errors: &BTreeMap<ErrorLabels, u64>,
+        lost: &[(&'static str, u64)],
+        overflow: &Overflow,
+    ) {
+        for (l, total) in resets {
+            let values = [l.direction.label(), l.cause.label(), l.state, &l.port, &l.comm];
+            advance(&mut self.last, "resets", &self.resets, &values, *total);
         }
-    }
-
-    pub fn sync_lost(&mut self, lost: &[(&'static str, u64)]) {
+        for (l, total) in errors {
+            advance(&mut self.last, "socket_errors", &self.socket_errors, &[l.errno, &l.comm, &l.port], *total);
+        }
         for (stage, total) in lost {
-            let last = self.last_lost.entry(stage).or_insert(0);
-            if *total > *last {
-                self.lost.with_label_values(&[stage]).inc_by(*total - *last);
-                *last = *total;
-            }
+            advance(&mut self.last, "lost", &self.lost, &[stage], *total);
+        }
+        for (label, total) in overflow {
+            advance(&mut self.last, "label_overflow", &self.label_overflow, &[label], *total);
         }
     }
 
@@ -159,5 +170,21 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut buffer)
             .context("encoding metrics")?;
         Ok(buffer)
+    }
+}
+
+/// Move one counter up to `total`. A total can only dip for the microseconds between the kernel
+/// counting its own false "received" reset and taking it back: never let a counter go down.
+fn advance(
+    last: &mut HashMap<(&'static str, Vec<String>), u64>,
+    metric: &'static str,
+    counter: &IntCounterVec,
+    values: &[&str],
+    total: u64,
+) {
+    let seen = last.entry((metric, values.iter().map(|v| v.to_string()).collect())).or_insert(0);
+    if total > *seen {
+        counter.with_label_values(values).inc_by(total - *seen);
+        *seen = total;
     }
 }

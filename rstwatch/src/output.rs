@@ -8,7 +8,10 @@ use std::{
 
 use serde::Serialize;
 
-use crate::{causes::Cause, events::Reset};
+use crate::{
+    causes::Cause,
+    events::{Observation, Reset, errno_name},
+};
 
 /// Maps the kernel's monotonic clock (event stamps) to wall-clock time.
 #[derive(Clone, Copy)]
@@ -32,6 +35,8 @@ impl WallClock {
 /// add fields, never rename or remove them.
 #[derive(Serialize)]
 pub struct JsonEvent<'a> {
+    /// `reset`.
+    pub event: &'static str,
     pub time: String,
     pub direction: &'static str,
     pub cause: &'static str,
@@ -42,9 +47,14 @@ pub struct JsonEvent<'a> {
     pub remote_addr: String,
     pub remote_port: u16,
     pub service_port: u16,
-    pub pid: u32,
-    pub tid: u32,
-    pub comm: &'a str,
+    /// The socket's owner; null when not known.
+    pub pid: Option<u32>,
+    pub tid: Option<u32>,
+    pub comm: Option<&'a str>,
+    pub cgroup_id: Option<u64>,
+    /// The task running when the kernel handled the reset.
+    pub context_pid: u32,
+    pub context_comm: &'a str,
     pub age_seconds: Option<f64>,
     pub idle_seconds: Option<f64>,
     pub since_last_send_seconds: Option<f64>,
@@ -61,6 +71,7 @@ pub struct JsonEvent<'a> {
 impl<'a> JsonEvent<'a> {
     pub fn new(reset: &'a Reset, clock: &WallClock) -> JsonEvent<'a> {
         JsonEvent {
+            event: "reset",
             time: humantime::format_rfc3339_micros(clock.wall(reset.monotonic_ns)).to_string(),
             direction: reset.direction.label(),
             cause: reset.cause.label(),
@@ -71,9 +82,12 @@ impl<'a> JsonEvent<'a> {
             remote_addr: reset.remote.ip().to_string(),
             remote_port: reset.remote.port(),
             service_port: reset.service_port,
-            pid: reset.tgid,
-            tid: reset.pid,
-            comm: &reset.comm,
+            pid: reset.owner.as_ref().map(|o| o.pid),
+            tid: reset.owner.as_ref().map(|o| o.tid),
+            comm: reset.owner.as_ref().map(|o| o.comm.as_str()),
+            cgroup_id: reset.owner.as_ref().map(|o| o.cgroup_id),
+            context_pid: reset.context.pid,
+            context_comm: &reset.context.comm,
             age_seconds: reset.age.map(|d| d.as_secs_f64()),
             idle_seconds: reset.idle.map(|d| d.as_secs_f64()),
             since_last_send_seconds: reset.since_last_send.map(|d| d.as_secs_f64()),
@@ -89,8 +103,43 @@ impl<'a> JsonEvent<'a> {
     }
 }
 
-pub fn json_line(reset: &Reset, clock: &WallClock) -> String {
-    serde_json::to_string(&JsonEvent::new(reset, clock)).expect("JsonEvent always serializes")
+/// The JSON line for an error the kernel queued on a socket because of a reset.
+#[derive(Serialize)]
+pub struct JsonSocketError<'a> {
+    /// `socket_error`.
+    pub event: &'static str,
+    pub time: String,
+    pub errno: &'static str,
+    pub service_port: u16,
+    pub pid: Option<u32>,
+    pub tid: Option<u32>,
+    pub comm: Option<&'a str>,
+    pub cgroup_id: Option<u64>,
+    /// The reset that caused it (same socket, just before), when seen.
+    pub reset_direction: Option<&'static str>,
+    pub reset_cause: Option<&'static str>,
+    pub reset_time: Option<String>,
+}
+
+pub fn json_line(observation: &Observation, clock: &WallClock) -> String {
+    let rfc3339 = |ns| humantime::format_rfc3339_micros(clock.wall(ns)).to_string();
+    match observation {
+        Observation::Reset(reset) => serde_json::to_string(&JsonEvent::new(reset, clock)),
+        Observation::SocketError(error) => serde_json::to_string(&JsonSocketError {
+            event: "socket_error",
+            time: rfc3339(error.monotonic_ns),
+            errno: errno_name(error.errno),
+            service_port: error.service_port,
+            pid: error.owner.as_ref().map(|o| o.pid),
+            tid: error.owner.as_ref().map(|o| o.tid),
+            comm: error.owner.as_ref().map(|o| o.comm.as_str()),
+            cgroup_id: error.owner.as_ref().map(|o| o.cgroup_id),
+            reset_direction: error.reset.map(|(direction, ..)| direction.label()),
+            reset_cause: error.reset.map(|(_, cause, _)| cause.label()),
+            reset_time: error.reset.map(|(.., ns)| rfc3339(ns)),
+        }),
+    }
+    .expect("JSON events always serialize")
 }
 
 /// `SYN|ACK`-style names of a TCP flags byte.
@@ -109,22 +158,41 @@ pub fn tcp_flags(flags: u8) -> String {
     if names.is_empty() { "none".into() } else { names.join("|") }
 }
 
-/// One line for a person: when, which way, why, between whom, who, and the connection's life.
-pub fn human_line(reset: &Reset, clock: &WallClock) -> String {
+/// One line for a person.
+pub fn human_line(observation: &Observation, clock: &WallClock) -> String {
+    match observation {
+        Observation::Reset(reset) => human_reset(reset, clock),
+        Observation::SocketError(error) => {
+            let time = humantime::format_rfc3339_millis(clock.wall(error.monotonic_ns)).to_string();
+            let clock_time = time.get(11..23).unwrap_or(&time);
+            let who = error.owner.as_ref().map_or("unknown".to_string(), |o| format!("{}[{}]", o.comm, o.pid));
+            let after = error.reset.map_or(String::new(), |(direction, cause, _)| {
+                format!(" after {} {cause}", direction.label())
+            });
+            format!("{clock_time} app-error {:<12} {who} port={}{after}", errno_name(error.errno), error.service_port)
+        }
+    }
+}
+
+/// When, which way, why, between whom, who, and the connection's life.
+fn human_reset(reset: &Reset, clock: &WallClock) -> String {
     let time = humantime::format_rfc3339_millis(clock.wall(reset.monotonic_ns)).to_string();
     let clock_time = time.get(11..23).unwrap_or(&time);
     let arrow = match reset.direction {
         crate::causes::Direction::Sent => "->",
         crate::causes::Direction::Received => "<-",
     };
+    let who = match &reset.owner {
+        Some(owner) => format!("{}[{}]", owner.comm, owner.pid),
+        None if reset.skaddr == 0 => "no-socket".to_string(),
+        None => format!("unknown(in {}[{}])", reset.context.comm, reset.context.pid),
+    };
     let mut line = format!(
-        "{clock_time} {:<8} {:<27} {} {arrow} {}  {}[{}] {}",
+        "{clock_time} {:<8} {:<27} {} {arrow} {}  {who} {}",
         reset.direction.label(),
         reset.cause.label(),
         reset.local,
         reset.remote,
-        if reset.comm.is_empty() { "-" } else { &reset.comm },
-        reset.tgid,
         reset.state,
     );
     let mut part = |name: &str, value: Option<String>| {

@@ -7,6 +7,8 @@ use aya::{
 };
 use log::{info, warn};
 
+use rstwatch_common::{ABSENT, Config};
+
 use crate::kernel::KernelLayout;
 
 /// One program of the object and the tracepoint it belongs on.
@@ -18,6 +20,8 @@ pub struct ProbeSpec {
     pub event: &'static str,
     /// Without it rstwatch cannot do its job; without the others it only knows less.
     pub required: bool,
+    /// Whether the kernel layout gave this program what it reads.
+    pub usable: fn(&Config) -> bool,
 }
 
 pub const PROBES: &[ProbeSpec] = &[
@@ -27,6 +31,7 @@ pub const PROBES: &[ProbeSpec] = &[
         category: "tcp",
         event: "tcp_send_reset",
         required: true,
+        usable: |_| true,
     },
     ProbeSpec {
         name: "tcp_receive_reset",
@@ -34,6 +39,7 @@ pub const PROBES: &[ProbeSpec] = &[
         category: "tcp",
         event: "tcp_receive_reset",
         required: true,
+        usable: |_| true,
     },
     ProbeSpec {
         name: "inet_sock_set_state",
@@ -41,6 +47,23 @@ pub const PROBES: &[ProbeSpec] = &[
         category: "sock",
         event: "inet_sock_set_state",
         required: false,
+        usable: |_| true,
+    },
+    ProbeSpec {
+        name: "inet_sk_error_report",
+        program: "rstwatch_error_report",
+        category: "sock",
+        event: "inet_sk_error_report",
+        required: false,
+        usable: |config| config.error_error != ABSENT,
+    },
+    ProbeSpec {
+        name: "kfree_skb",
+        program: "rstwatch_kfree_skb",
+        category: "skb",
+        event: "kfree_skb",
+        required: false,
+        usable: |config| config.kfree_reason != ABSENT,
     },
 ];
 
@@ -63,6 +86,10 @@ pub fn load_and_attach(layout: &KernelLayout, ring_buffer_bytes: u32) -> anyhow:
     let mut attached = Vec::new();
     let mut reset_programs = Vec::new();
     for spec in PROBES {
+        if !(spec.usable)(&layout.config) {
+            attached.push((spec.name, false));
+            continue;
+        }
         match attach(&mut ebpf, spec) {
             Ok(()) => {
                 attached.push((spec.name, true));

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::anyhow;
 use aya::maps::{Map, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use log::info;
-use rstwatch_common::CountKey;
+use rstwatch_common::{CountKey, ErrorKey};
 
 use crate::{
     counts::Classifier,
@@ -19,6 +19,7 @@ pub struct Session {
     /// Owns the programs: dropping it detaches them.
     pub probes: Probes,
     pub counts: PerCpuHashMap<MapData, CountKey, u64>,
+    pub errors: PerCpuHashMap<MapData, ErrorKey, u64>,
     pub lost: PerCpuArray<MapData, u64>,
     pub ring: RingBuf<MapData>,
 }
@@ -30,9 +31,10 @@ impl Session {
         let layout = kernel::resolve(idle_threshold)?;
         let mut probes = probes::load_and_attach(&layout, ring_buffer_bytes)?;
         let counts = PerCpuHashMap::try_from(take_map(&mut probes.ebpf, "COUNTS")?)?;
+        let errors = PerCpuHashMap::try_from(take_map(&mut probes.ebpf, "ERRORS")?)?;
         let lost = PerCpuArray::try_from(take_map(&mut probes.ebpf, "LOST")?)?;
         let ring = RingBuf::try_from(take_map(&mut probes.ebpf, "EVENTS")?)?;
-        Ok(Session { layout, probes, counts, lost, ring })
+        Ok(Session { layout, probes, counts, errors, lost, ring })
     }
 
     pub fn classifier(&self) -> Classifier {

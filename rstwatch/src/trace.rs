@@ -15,7 +15,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     causes::{Cause, Direction},
     counts,
-    events::{self, Reset},
+    events::{self, Observation, Process, errno_name},
     output::{self, WallClock},
     session::Session,
 };
@@ -25,10 +25,10 @@ pub struct TraceOptions {
     /// Only resets whose local, remote or service port is PORT (repeatable).
     #[arg(long)]
     port: Vec<u16>,
-    /// Only resets handled while process PID ran (repeatable).
+    /// Only resets of sockets owned by process PID (repeatable).
     #[arg(long)]
     pid: Vec<u32>,
-    /// Only resets handled while a task with this name ran (repeatable).
+    /// Only resets of sockets owned by a process with this name (repeatable).
     #[arg(long)]
     comm: Vec<String>,
     /// Only these causes (repeatable), e.g. --cause stale_connection.
@@ -68,16 +68,29 @@ fn parse_cause(label: &str) -> Result<Cause, String> {
 }
 
 impl TraceOptions {
-    fn wants(&self, reset: &Reset) -> bool {
-        let ports = [reset.local.port(), reset.remote.port(), reset.service_port];
+    fn wants(&self, observation: &Observation) -> bool {
+        let (ports, owner, cause, direction) = match observation {
+            Observation::Reset(reset) => (
+                vec![reset.local.port(), reset.remote.port(), reset.service_port],
+                reset.owner.as_ref(),
+                Some(reset.cause),
+                Some(reset.direction),
+            ),
+            Observation::SocketError(error) => (
+                vec![error.service_port],
+                error.owner.as_ref(),
+                error.reset.map(|(_, cause, _)| cause),
+                error.reset.map(|(direction, ..)| direction),
+            ),
+        };
         (self.port.is_empty() || self.port.iter().any(|p| ports.contains(p)))
-            && (self.pid.is_empty() || self.pid.contains(&reset.tgid))
-            && (self.comm.is_empty() || self.comm.iter().any(|c| *c == reset.comm))
-            && (self.cause.is_empty() || self.cause.contains(&reset.cause))
+            && (self.pid.is_empty() || owner.is_some_and(|o| self.pid.contains(&o.pid)))
+            && (self.comm.is_empty() || owner.is_some_and(|o| self.comm.contains(&o.comm)))
+            && (self.cause.is_empty() || cause.is_some_and(|c| self.cause.contains(&c)))
             && match self.direction {
                 None => true,
-                Some(DirectionArg::Sent) => reset.direction == Direction::Sent,
-                Some(DirectionArg::Received) => reset.direction == Direction::Received,
+                Some(DirectionArg::Sent) => direction == Some(Direction::Sent),
+                Some(DirectionArg::Received) => direction == Some(Direction::Received),
             }
     }
 }
@@ -88,13 +101,21 @@ struct Summary {
     by_cause: BTreeMap<(Direction, Cause), u64>,
     by_port: HashMap<u16, u64>,
     by_process: HashMap<String, u64>,
+    app_errors: BTreeMap<&'static str, u64>,
 }
 
 impl Summary {
-    fn add(&mut self, reset: &Reset) {
+    fn add(&mut self, observation: &Observation) {
+        let reset = match observation {
+            Observation::Reset(reset) => reset,
+            Observation::SocketError(error) => {
+                *self.app_errors.entry(errno_name(error.errno)).or_default() += 1;
+                return;
+            }
+        };
         *self.by_cause.entry((reset.direction, reset.cause)).or_default() += 1;
         *self.by_port.entry(reset.service_port).or_default() += 1;
-        let process = if reset.comm.is_empty() { "-".to_string() } else { reset.comm.clone() };
+        let process = Process::label(reset.owner.as_ref(), reset.skaddr != 0).to_string();
         *self.by_process.entry(process).or_default() += 1;
     }
 
@@ -110,10 +131,13 @@ impl Summary {
             for (port, n) in top(&self.by_port, 5) {
                 text.push_str(&format!("  {n:>8}  {port}\n"));
             }
-            text.push_str("top processes (task running when the reset was handled):\n");
+            text.push_str("top processes (socket owners):\n");
             for (process, n) in top(&self.by_process, 5) {
                 text.push_str(&format!("  {n:>8}  {process}\n"));
             }
+        }
+        for (errno, n) in &self.app_errors {
+            text.push_str(&format!("application errors {errno}: {n}\n"));
         }
         for (stage, n) in lost.iter().filter(|(_, n)| *n > 0) {
             text.push_str(&format!("events lost ({stage}): {n}\n"));
@@ -141,16 +165,18 @@ pub async fn run(options: TraceOptions) -> anyhow::Result<()> {
     let printer_summary = summary.clone();
     let mut explained = HashSet::new();
     let filter = options.clone();
-    let mut printer = tokio::spawn(events::read_events(ring, decoder, move |resets, _| {
+    let mut printer = tokio::spawn(events::read_events(ring, decoder, move |observations, _| {
         let mut out = std::io::stdout().lock();
         let mut summary = printer_summary.lock().map_err(|_| anyhow!("summary poisoned"))?;
-        for reset in resets.iter().filter(|reset| filter.wants(reset)) {
-            summary.add(reset);
+        for observation in observations.iter().filter(|o| filter.wants(o)) {
+            summary.add(observation);
             match filter.output {
-                Format::Json => writeln!(out, "{}", output::json_line(reset, &clock))?,
+                Format::Json => writeln!(out, "{}", output::json_line(observation, &clock))?,
                 Format::Human => {
-                    writeln!(out, "{}", output::human_line(reset, &clock))?;
-                    if explained.insert(reset.cause) {
+                    writeln!(out, "{}", output::human_line(observation, &clock))?;
+                    if let Observation::Reset(reset) = observation
+                        && explained.insert(reset.cause)
+                    {
                         let info = reset.cause.info();
                         writeln!(out, "    why: {}\n    fix: {}", info.meaning, info.remedy)?;
                     }

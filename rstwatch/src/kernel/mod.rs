@@ -55,6 +55,8 @@ pub fn resolve(idle_threshold: Duration) -> Result<KernelLayout> {
     let done = btf.enum_value("sock_flags", "SOCK_DONE")?;
     config.sock_done_bit = fit("SOCK_DONE of enum sock_flags", done)?;
 
+    optional_tracepoints(&tracefs, &btf, &mut config);
+
     let hz = clock::hz()?;
     config.idle_threshold_jiffies = idle_jiffies(idle_threshold, hz)?;
     (config.ephemeral_port_low, config.ephemeral_port_high) = clock::ephemeral_port_range()?;
@@ -78,6 +80,54 @@ pub fn resolve(idle_threshold: Duration) -> Result<KernelLayout> {
     };
     log_summary(&layout, idle_threshold, reasons_from);
     Ok(layout)
+}
+
+/// Tracepoints rstwatch can do without (it then knows less, and says so by not attaching them):
+/// `sock:inet_sk_error_report` (5.14+) for the errors applications get, and `skb:kfree_skb` with a
+/// drop reason (5.17+) for resets the local firewall injects.
+fn optional_tracepoints(tracefs: &std::path::Path, btf: &KernelBtf, config: &mut Config) {
+    match tracefs::read_format(tracefs, "sock", "inet_sk_error_report")
+        .and_then(|format| error_report_offsets(&format, config))
+    {
+        Ok(()) => {}
+        Err(e) => log::warn!("socket errors will not be counted: {e:#}"),
+    }
+    let netfilter_drop = btf.enum_value("skb_drop_reason", "SKB_DROP_REASON_NETFILTER_DROP");
+    match (tracefs::read_format(tracefs, "skb", "kfree_skb"), netfilter_drop) {
+        (Ok(format), Ok(value)) => match kfree_skb_offsets(&format, value, config) {
+            Ok(()) => {}
+            Err(e) => log::warn!("firewall-injected resets will not be recognised: {e:#}"),
+        },
+        (Err(e), _) | (_, Err(e)) => {
+            log::warn!("firewall-injected resets will not be recognised: {e:#}")
+        }
+    }
+}
+
+/// Offsets of `sock:inet_sk_error_report`; on error `config` keeps them ABSENT.
+pub fn error_report_offsets(event: &EventFormat, config: &mut Config) -> Result<()> {
+    let mut c = *config;
+    c.error_error = required(event, "error", &[4])?;
+    c.error_protocol = required(event, "protocol", &[2])?;
+    c.error_family = required(event, "family", &[2])?;
+    c.error_sport = required(event, "sport", &[2])?;
+    c.error_dport = required(event, "dport", &[2])?;
+    c.error_saddr = required(event, "saddr", &[4])?;
+    c.error_daddr = required(event, "daddr", &[4])?;
+    c.error_saddr_v6 = required(event, "saddr_v6", &[16])?;
+    c.error_daddr_v6 = required(event, "daddr_v6", &[16])?;
+    *config = c;
+    Ok(())
+}
+
+/// Offsets of `skb:kfree_skb` and the number of its NETFILTER_DROP reason.
+pub fn kfree_skb_offsets(event: &EventFormat, netfilter_drop: i64, config: &mut Config) -> Result<()> {
+    let mut c = *config;
+    c.kfree_skbaddr = required(event, "skbaddr", &[PTR])?;
+    c.kfree_reason = required(event, "reason", &[4])?;
+    c.drop_reason_netfilter = fit("SKB_DROP_REASON_NETFILTER_DROP", netfilter_drop)?;
+    *config = c;
+    Ok(())
 }
 
 /// `uname -r`.
@@ -184,6 +234,9 @@ const BTF_FIELDS: &[(&str, Slot, &str, &[&str], u32)] = &[
     ("skb_len", |c| &mut c.skb_len, "sk_buff", &["len"], 4),
     ("skb_head", |c| &mut c.skb_head, "sk_buff", &["head"], PTR),
     ("skb_network_header", |c| &mut c.skb_network_header, "sk_buff", &["network_header"], 2),
+    ("skb_transport_header", |c| &mut c.skb_transport_header, "sk_buff", &["transport_header"], 2),
+    ("sk_net", |c| &mut c.sk_net, "sock", &["__sk_common.skc_net.net"], PTR),
+    ("net_inum", |c| &mut c.net_inum, "net", &["ns.inum"], 4),
 ];
 
 fn btf_offsets(btf: &KernelBtf, config: &mut Config) -> Result<()> {
@@ -263,7 +316,8 @@ fn log_summary(layout: &KernelLayout, idle: Duration, reasons_from: &str) {
     log::info!(
         "kernel {} resolved (HZ {}):\n  tcp:tcp_send_reset: state {}, reason {} ({} reason names \
          from {reasons_from})\n  tcp:tcp_receive_reset: sock_cookie {}\n  \
-         sock:inet_sock_set_state: protocol is {} bytes\n  idle threshold {idle:?} = {} \
+         sock:inet_sock_set_state: protocol is {} bytes\n  sock:inet_sk_error_report: {}\n  \
+         skb:kfree_skb with NETFILTER_DROP: {}\n  idle threshold {idle:?} = {} \
          jiffies; ephemeral ports {}-{}",
         layout.release,
         layout.hz,
@@ -272,6 +326,8 @@ fn log_summary(layout: &KernelLayout, idle: Duration, reasons_from: &str) {
         layout.reason_names.len(),
         yes_no(c.recv_cookie != ABSENT),
         c.set_state_protocol_size,
+        yes_no(c.error_error != ABSENT),
+        yes_no(c.kfree_reason != ABSENT),
         c.idle_threshold_jiffies,
         c.ephemeral_port_low,
         c.ephemeral_port_high,
@@ -292,6 +348,10 @@ mod tests {
             ("6.18", "inet_sock_set_state") => {
                 include_str!("fixtures/6.18/inet_sock_set_state.format")
             }
+            ("6.18", "inet_sk_error_report") => {
+                include_str!("fixtures/6.18/inet_sk_error_report.format")
+            }
+            ("6.18", "kfree_skb") => include_str!("fixtures/6.18/kfree_skb.format"),
             ("6.1", "tcp_send_reset") => include_str!("fixtures/6.1/tcp_send_reset.format"),
             ("6.1", "tcp_receive_reset") => include_str!("fixtures/6.1/tcp_receive_reset.format"),
             _ => panic!("no fixture {kernel}/{event}"),
@@ -436,5 +496,20 @@ mod tests {
         if layout.send_reset_has_reason {
             assert_eq!(layout.reason_value("NO_SOCKET"), Some(1));
         }
+    }
+
+    #[test]
+    fn optional_tracepoints_of_6_18() {
+        let mut c = Config::UNSET;
+        error_report_offsets(&fixture("6.18", "inet_sk_error_report"), &mut c).unwrap();
+        assert_eq!((c.error_error, c.error_sport, c.error_protocol, c.error_daddr_v6), (8, 12, 18, 44));
+        kfree_skb_offsets(&fixture("6.18", "kfree_skb"), 12, &mut c).unwrap();
+        assert_eq!((c.kfree_skbaddr, c.kfree_reason, c.drop_reason_netfilter), (8, 36, 12));
+        // A kernel without drop reasons (before 5.17) leaves the config as it was.
+        let mut old = fixture("6.18", "kfree_skb");
+        old.fields.retain(|f| f.name != "reason");
+        let mut untouched = Config::UNSET;
+        assert!(kfree_skb_offsets(&old, 12, &mut untouched).is_err());
+        assert_eq!(untouched.kfree_skbaddr, ABSENT);
     }
 }

@@ -1,0 +1,109 @@
+//! What the applications got, and what the firewall made: socket errors queued because of a
+//! reset, and segments netfilter rejected (whose "reset" no TCP stack sent).
+
+use aya_ebpf::{helpers::generated::bpf_ktime_get_ns, programs::TracePointContext};
+use rstwatch_common::{ErrorKey, EVENT_SOCKET_ERROR, FlowKey, Owner, SocketErrorEvent};
+
+use crate::{
+    maps::{REJECTED, count_error, emit_error, last_reset_on},
+    read::{conf, kernel, tp_field},
+    socket,
+};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const IPPROTO_TCP: u8 = 6;
+const ECONNRESET: i32 = 104;
+const EPIPE: i32 = 32;
+const ECONNREFUSED: i32 = 111;
+const ECONNABORTED: i32 = 103;
+
+/// The kernel queued an error on a socket (sk_error_report). Right after a reset, on the same
+/// CPU, this is what the application's next read, write or connect will return.
+pub fn on_error_report(ctx: &TracePointContext) -> Option<()> {
+    let error: i32 = tp_field(ctx, conf!(error_error))?;
+    if !matches!(error, ECONNRESET | EPIPE | ECONNREFUSED | ECONNABORTED) {
+        return None;
+    }
+    if tp_field::<u16>(ctx, conf!(error_protocol))? != IPPROTO_TCP as u16 {
+        return None;
+    }
+    let remote_port: u16 = tp_field(ctx, conf!(error_dport))?;
+    if remote_port == 0 {
+        // tcp_disconnect() reports ECONNRESET on the socket it just cut loose (SO_LINGER=0
+        // close, listener close, connect(AF_UNSPEC)): the application let go of it; nobody reads.
+        return None;
+    }
+    let family: u16 = tp_field(ctx, conf!(error_family))?;
+    let mut flow = FlowKey {
+        family,
+        local_port: tp_field(ctx, conf!(error_sport))?,
+        remote_port,
+        ..FlowKey::default()
+    };
+    if family == AF_INET6 {
+        flow.local_addr = tp_field(ctx, conf!(error_saddr_v6))?;
+        flow.remote_addr = tp_field(ctx, conf!(error_daddr_v6))?;
+    } else {
+        let local: [u8; 4] = tp_field(ctx, conf!(error_saddr))?;
+        let remote: [u8; 4] = tp_field(ctx, conf!(error_daddr))?;
+        flow.local_addr[..4].copy_from_slice(&local);
+        flow.remote_addr[..4].copy_from_slice(&remote);
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (skaddr, owner, port) = match last_reset_on(&flow, now) {
+        Some(last) if last.owner_known != 0 => (last.skaddr, last.owner, last.port),
+        Some(last) => (last.skaddr, Owner::default(), last.port),
+        None => (0, Owner::default(), socket::guess_service_port(flow.local_port, flow.remote_port)),
+    };
+    let key = ErrorKey { errno: error as u16, port, comm: owner.comm };
+    count_error(&key);
+    emit_error(&SocketErrorEvent {
+        kind: EVENT_SOCKET_ERROR,
+        flags: 0,
+        key,
+        _pad: [0; 4],
+        ts_ns: now,
+        skaddr,
+        owner,
+    });
+    Some(())
+}
+
+/// netfilter dropped a segment (REJECT drops the original after sending its own RST).
+pub fn on_kfree_skb(ctx: &TracePointContext) -> Option<()> {
+    let reason: u32 = tp_field(ctx, conf!(kfree_reason))?;
+    if reason != conf!(drop_reason_netfilter) as u32 {
+        return None;
+    }
+    let skb: u64 = tp_field(ctx, conf!(kfree_skbaddr))?;
+    let head = kernel::<u64>(skb, conf!(skb_head))?;
+    let ip = head + kernel::<u16>(skb, conf!(skb_network_header))? as u64;
+    let tcp = head + kernel::<u16>(skb, conf!(skb_transport_header))? as u64;
+    let version = kernel::<u8>(ip, 0)? >> 4;
+    // The sender of the dropped segment is the one the firewall's RST goes to: "local" there.
+    let mut flow = FlowKey::default();
+    if version == 4 {
+        if kernel::<u8>(ip, 9)? != IPPROTO_TCP {
+            return None;
+        }
+        flow.family = AF_INET;
+        flow.local_addr[..4].copy_from_slice(&kernel::<[u8; 4]>(ip, 12)?);
+        flow.remote_addr[..4].copy_from_slice(&kernel::<[u8; 4]>(ip, 16)?);
+    } else if version == 6 {
+        if kernel::<u8>(ip, 6)? != IPPROTO_TCP {
+            return None;
+        }
+        flow.family = AF_INET6;
+        flow.local_addr = kernel::<[u8; 16]>(ip, 8)?;
+        flow.remote_addr = kernel::<[u8; 16]>(ip, 24)?;
+    } else {
+        return None;
+    }
+    let ports = kernel::<[u8; 4]>(tcp, 0)?;
+    flow.local_port = u16::from_be_bytes([ports[0], ports[1]]);
+    flow.remote_port = u16::from_be_bytes([ports[2], ports[3]]);
+    let now = unsafe { bpf_ktime_get_ns() };
+    let _ = REJECTED.insert(&flow, &now, 0);
+    Some(())
+}
