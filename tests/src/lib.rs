@@ -1,0 +1,31 @@
+//! Root integration tests for rstwatch.
+//!
+//! Real sockets make real TCP resets inside private network namespaces (one per test, loopback
+//! only); the tests compare the daemon's `/metrics` deltas on the scenario's port with what the
+//! kernel did (checked independently through the namespace's `Tcp: OutRsts`).
+//!
+//! - [`netns::NetNs`]: a named netns, a way to run code inside it, per-netns sysctls and MIBs.
+//! - [`daemon::daemon`]: one rstwatch daemon per test process (`$RSTWATCH_BIN` or
+//!   `<workspace>/target/release/rstwatch`), killed with the process (PR_SET_PDEATHSIG).
+//! - [`metrics`]: Prometheus text parser, `resets(direction, cause, port)`.
+//! - [`scenarios`]: the reset scenarios (also runnable one by one with the `scenario` binary).
+//! - [`check`]: scenario + daemon + exact delta comparison.
+//!
+//! Everything here needs root (netns, TCP_REPAIR, BPF).
+
+pub mod check;
+pub mod daemon;
+pub mod metrics;
+pub mod netns;
+pub mod scenarios;
+pub mod sock;
+
+pub use daemon::{Daemon, daemon, resets, scrape};
+pub use metrics::{Dir, Snapshot};
+pub use netns::NetNs;
+
+/// true when running as root (the tests need it).
+pub fn is_root() -> bool {
+    // SAFETY: trivial syscall.
+    unsafe { libc::geteuid() == 0 }
+}

@@ -1,0 +1,366 @@
+//! `rstwatch trace` and `rstwatch run --events`: real resets in a private netns, read back as JSON
+//! lines and as the human view (in a narrow tmux pane and through a closed pipe).
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use rstwatch_tests::{NetNs, daemon::binary_path, scenarios};
+use serde_json::Value;
+
+/// Ports 21950–21959 belong to these tests (the scenario tests lock blocks in 21200–21899).
+const JSON_PORT: u16 = 21950;
+const FILTER_PORT: u16 = 21951;
+const TMUX_PORT: u16 = 21952;
+const PIPE_PORT: u16 = 21953;
+const EVENTS_PORT: u16 = 21954;
+
+/// Children of these tests die with the test's thread, however the test ends (a failed assertion,
+/// a killed `cargo test`), so no daemon or trace is ever left attached.
+fn dies_with_test(command: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A `rstwatch trace` child, ready once it says so on stderr.
+struct Trace {
+    child: Child,
+    stderr: BufReader<std::process::ChildStderr>,
+}
+
+impl Trace {
+    fn start(args: &[&str]) -> Result<Trace> {
+        let mut child = dies_with_test(&mut Command::new(binary_path()))
+            .arg("trace")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting rstwatch trace")?;
+        let mut stderr = BufReader::new(child.stderr.take().expect("piped"));
+        let mut line = String::new();
+        stderr.read_line(&mut line)?;
+        if !line.contains("tracing TCP resets") {
+            let _ = child.kill();
+            bail!("rstwatch trace did not start: {line}");
+        }
+        Ok(Trace { child, stderr })
+    }
+
+    /// SIGINT, then everything it printed: (stdout, stderr after the start line, exit code).
+    fn stop(mut self) -> Result<(String, String, i32)> {
+        // Let the ring buffer drain and held events pass their hold time.
+        std::thread::sleep(Duration::from_millis(300));
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let mut stdout = String::new();
+        self.child
+            .stdout
+            .take()
+            .expect("piped")
+            .read_to_string(&mut stdout)?;
+        let mut stderr = String::new();
+        self.stderr.read_to_string(&mut stderr)?;
+        let status = self.child.wait()?;
+        Ok((stdout, stderr, status.code().unwrap_or(-1)))
+    }
+}
+
+fn json_lines(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect()
+}
+
+fn with(lines: &[Value], field: &str, value: &str) -> Vec<Value> {
+    lines
+        .iter()
+        .filter(|l| l[field] == value)
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn json_lines_describe_real_resets() -> Result<()> {
+    let ns = NetNs::new()?;
+    let port = JSON_PORT.to_string();
+    let trace = Trace::start(&["--output", "json", "--port", &port])?;
+    ns.run(|| scenarios::linger0(JSON_PORT, false))??;
+    ns.run(|| scenarios::refused(JSON_PORT, true))??;
+    let (stdout, stderr, code) = trace.stop()?;
+    assert_eq!(code, 0, "stderr: {stderr}");
+    let lines = json_lines(&stdout);
+
+    let linger = with(
+        &with(&lines, "cause", "linger_zero_close"),
+        "direction",
+        "sent",
+    );
+    assert_eq!(linger.len(), 1, "{stdout}");
+    let linger = &linger[0];
+    assert_eq!(linger["kernel_reason"], "TCP_STATE");
+    assert_eq!(linger["state"], "established");
+    assert_eq!(linger["local_port"], JSON_PORT);
+    assert_eq!(linger["service_port"], JSON_PORT);
+    assert_eq!(linger["linger_zero"], true);
+    assert_eq!(linger["local_addr"], "127.0.0.1");
+    assert!(linger["bytes_received"].as_u64().unwrap() > 0, "{linger}");
+    assert!(linger["age_seconds"].as_f64().is_some(), "{linger}");
+    assert!(linger["time"].as_str().unwrap().ends_with('Z'));
+
+    let peer = with(
+        &with(&lines, "cause", "peer_reset"),
+        "direction",
+        "received",
+    );
+    assert_eq!(peer.len(), 1, "{stdout}");
+    assert_eq!(peer[0]["remote_port"], JSON_PORT);
+    assert_eq!(peer[0]["kernel_reason"], Value::Null);
+
+    let errors = with(&lines, "event", "socket_error");
+    let lines = with(&lines, "event", "reset");
+    let refused = with(&lines, "cause", "no_listener");
+    assert_eq!(refused.len(), 1, "{stdout}");
+    assert_eq!(refused[0]["local_addr"], "::1");
+    assert_eq!(refused[0]["state"], "none");
+    assert_eq!(refused[0]["trigger_flags"], "SYN");
+    assert_eq!(
+        with(&lines, "cause", "connection_refused").len(),
+        1,
+        "{stdout}"
+    );
+    assert_eq!(lines.len(), 4, "nothing else on this port: {stdout}");
+    // What the applications got, each linked to its reset.
+    let errnos: Vec<_> = errors.iter().map(|e| (e["errno"].as_str().unwrap(), e["reset_cause"].as_str())).collect();
+    assert_eq!(errnos, [("ECONNRESET", Some("peer_reset")), ("ECONNREFUSED", Some("connection_refused"))], "{stdout}");
+    assert!(stderr.contains("4 resets"), "summary: {stderr}");
+    Ok(())
+}
+
+#[test]
+fn filters_keep_only_what_was_asked() -> Result<()> {
+    let ns = NetNs::new()?;
+    let port = FILTER_PORT.to_string();
+    let trace = Trace::start(&[
+        "--output",
+        "json",
+        "--port",
+        &port,
+        "--direction",
+        "received",
+        "--cause",
+        "peer_reset",
+    ])?;
+    ns.run(|| scenarios::linger0(FILTER_PORT, false))??;
+    ns.run(|| scenarios::refused(FILTER_PORT, false))??;
+    let (stdout, stderr, code) = trace.stop()?;
+    assert_eq!(code, 0, "stderr: {stderr}");
+    let lines = json_lines(&stdout);
+    let resets = with(&lines, "event", "reset");
+    assert_eq!(resets.len(), 1, "{stdout}");
+    assert_eq!(resets[0]["cause"], "peer_reset");
+    assert_eq!(resets[0]["direction"], "received");
+    // The error the client got is kept with the reset that caused it; nothing else passes.
+    let errors = with(&lines, "event", "socket_error");
+    assert_eq!(errors.len(), 1, "{stdout}");
+    assert_eq!(errors[0]["reset_cause"], "peer_reset");
+    assert_eq!(lines.len(), 2, "{stdout}");
+
+    let output = Command::new(binary_path())
+        .args(["trace", "--cause", "no_such_cause"])
+        .output()?;
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("causes are: no_listener"));
+    Ok(())
+}
+
+fn tmux(args: &[&str]) -> Result<String> {
+    let out = Command::new("tmux")
+        .args(args)
+        .output()
+        .context("running tmux")?;
+    if !out.status.success() {
+        bail!("tmux {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn wait_for_pane(session: &str, needle: &str, timeout: Duration) -> Result<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let screen = tmux(&["capture-pane", "-p", "-J", "-S", "-200", "-t", session])?;
+        if screen.contains(needle) {
+            return Ok(screen);
+        }
+        if Instant::now() > deadline {
+            bail!("{needle:?} never appeared; screen:\n{screen}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn human_view_renders_in_a_narrow_terminal() -> Result<()> {
+    let ns = NetNs::new()?;
+    let session = format!("rstwatch-trace-{}", std::process::id());
+    let command = format!(
+        "{} trace --port {TMUX_PORT}; echo EXIT=$?; sleep 30",
+        binary_path().display()
+    );
+    tmux(&[
+        "new-session",
+        "-d",
+        "-x",
+        "38",
+        "-y",
+        "40",
+        "-s",
+        &session,
+        &command,
+    ])?;
+    let result = (|| -> Result<()> {
+        wait_for_pane(&session, "tracing TCP resets", Duration::from_secs(20))?;
+        ns.run(|| scenarios::linger0(TMUX_PORT, false))??;
+        let screen = wait_for_pane(&session, "linger_zero_close", Duration::from_secs(5))?;
+        assert!(
+            screen.contains("why: The application chose an abortive close"),
+            "{screen}"
+        );
+        assert!(screen.contains("peer_reset"), "{screen}");
+        tmux(&["send-keys", "-t", &session, "C-c", ""])?;
+        let screen = wait_for_pane(&session, "EXIT=", Duration::from_secs(10))?;
+        assert!(screen.contains("EXIT=0"), "{screen}");
+        assert!(
+            screen.contains("2 resets") && screen.contains("top ports"),
+            "{screen}"
+        );
+        assert!(!screen.contains("panicked"), "{screen}");
+        Ok(())
+    })();
+    let _ = tmux(&["kill-session", "-t", &session]);
+    result
+}
+
+#[test]
+fn a_closed_pipe_ends_trace_cleanly() -> Result<()> {
+    let ns = NetNs::new()?;
+    let port = PIPE_PORT.to_string();
+    let mut trace = Trace::start(&["--port", &port])?;
+    let mut stdout = BufReader::new(trace.child.stdout.take().expect("piped"));
+    ns.run(|| scenarios::refused(PIPE_PORT, false))??;
+    let mut first = String::new();
+    stdout.read_line(&mut first)?;
+    assert!(
+        first.contains("no_listener") || first.contains("connection_refused"),
+        "{first}"
+    );
+    drop(stdout); // like `rstwatch trace | head -1`
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while trace.child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = trace.child.kill();
+            bail!("trace kept running after its output pipe closed");
+        }
+        ns.run(|| scenarios::refused(PIPE_PORT, false))??;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = trace.child.wait()?;
+    let mut stderr = String::new();
+    trace.stderr.read_to_string(&mut stderr)?;
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn run_writes_events_and_rate_limits_them_per_cause() -> Result<()> {
+    let ns = NetNs::new()?;
+    let dir = std::env::temp_dir().join(format!("rstwatch-events-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let events = dir.join("events.jsonl");
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let addr = format!("127.0.0.1:{metrics_port}");
+    let mut daemon = Command::new(binary_path())
+        .args([
+            "run",
+            "--metrics-addr",
+            &addr,
+            "--events-rate-limit",
+            "5",
+            "--events",
+        ])
+        .arg(&events)
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let result = (|| -> Result<()> {
+        let stderr = BufReader::new(daemon.stderr.take().expect("piped"));
+        for line in stderr.lines() {
+            if line?.contains("serving metrics") {
+                break;
+            }
+        }
+        // 50 refused connects in well under a second: 5 of each cause per second get through.
+        let started = Instant::now();
+        ns.run(|| scenarios::refused_many(EVENTS_PORT, 50))??;
+        let elapsed_seconds = started.elapsed().as_secs() + 1;
+        std::thread::sleep(Duration::from_millis(500));
+        let text = std::fs::read_to_string(&events)?;
+        let lines = json_lines(&text);
+        let on_port: Vec<_> = lines
+            .iter()
+            .filter(|l| l["service_port"] == EVENTS_PORT)
+            .collect();
+        let no_listener = on_port
+            .iter()
+            .filter(|l| l["cause"] == "no_listener")
+            .count() as u64;
+        assert!(
+            no_listener >= 5 && no_listener <= 5 * (elapsed_seconds + 1),
+            "{no_listener} in {text}"
+        );
+        let metrics = ureq_get(&addr)?;
+        let limited = metrics
+            .lines()
+            .find(|l| l.starts_with("rstwatch_events_rate_limited_total{cause=\"no_listener\"}"))
+            .context("no rate-limit counter")?;
+        let limited: u64 = limited.rsplit(' ').next().unwrap().parse()?;
+        assert_eq!(
+            limited + no_listener,
+            50,
+            "every event is either written or counted: {limited}"
+        );
+        Ok(())
+    })();
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let status = daemon.wait()?;
+    let _ = std::fs::remove_dir_all(&dir);
+    result?;
+    assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
+    Ok(())
+}
+
+/// GET /metrics over a plain socket (no HTTP client crate needed for one request).
+fn ureq_get(addr: &str) -> Result<String> {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default())
+}
