@@ -67,7 +67,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if !setup::is_root() {
                 bail!("the integration tests load eBPF programs and create network namespaces: run as root");
             }
-            let mut command = cargo_command(&root, &["test", "--release", "-p", "rstwatch-tests"], &args);
+            let mut command =
+                cargo_command(&root, &["test", "--release", "--no-fail-fast", "-p", "rstwatch-tests"], &args);
             command.env("RSTWATCH_BIN", &binary);
             check(&mut command)
         }
