@@ -86,7 +86,10 @@ pub mod lost {
     pub const COUNT_MAP_FULL: u32 = 1;
     /// Neither the key nor its port-0 fallback could be stored: the reset was not counted by cause.
     pub const COUNT_UNRECORDED: u32 = 2;
-    pub const LEN: u32 = 3;
+    /// Event details not sent because this CPU had used its per-second event budget (a storm);
+    /// counts stay exact.
+    pub const OVER_EVENT_BUDGET: u32 = 3;
+    pub const LEN: u32 = 4;
 }
 
 /// The process that owns a socket: the one that connected it, or that created its listener.
@@ -297,6 +300,8 @@ pub struct Config {
 
     /// `--idle-threshold` in jiffies.
     pub idle_threshold_jiffies: u32,
+    /// Events each CPU may send per second (`--max-events-per-second` / CPUs); 0 = no limit.
+    pub events_per_cpu_per_second: u32,
     /// `net.ipv4.ip_local_port_range`: tells a client's ephemeral port from a service port.
     pub ephemeral_port_low: u16,
     pub ephemeral_port_high: u16,
@@ -359,6 +364,7 @@ impl Config {
         sock_linger_bit: 0,
         sock_done_bit: 0,
         idle_threshold_jiffies: 0,
+        events_per_cpu_per_second: 0,
         ephemeral_port_low: 0,
         ephemeral_port_high: 0,
     };

@@ -5,6 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
+use crate::read::conf;
 use rstwatch_common::{
     ConnInfo, CountKey, ErrorKey, FlowKey, ListenerKey, Owner, ResetEvent, SocketErrorEvent, lost,
 };
@@ -119,16 +120,51 @@ pub fn uncount(key: &CountKey) {
     }
 }
 
+/// This CPU's event budget for the current second.
+#[map]
+static BUDGET: PerCpuArray<Budget> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Budget {
+    second: u64,
+    used: u32,
+    _pad: u32,
+}
+
+/// In a reset storm, details of every reset would cost the daemon a core; counts never depend
+/// on events, so past the budget only the loss is counted.
+#[inline(always)]
+fn within_budget(now_ns: u64) -> bool {
+    let limit = conf!(events_per_cpu_per_second);
+    if limit == 0 {
+        return true;
+    }
+    let Some(budget) = BUDGET.get_ptr_mut(0) else { return true };
+    let budget = unsafe { &mut *budget };
+    let second = now_ns / 1_000_000_000;
+    if budget.second != second {
+        budget.second = second;
+        budget.used = 0;
+    }
+    if budget.used >= limit {
+        bump_lost(lost::OVER_EVENT_BUDGET);
+        return false;
+    }
+    budget.used += 1;
+    true
+}
+
 #[inline(always)]
 pub fn emit(ev: &ResetEvent) {
-    if EVENTS.output::<ResetEvent>(ev, 0).is_err() {
+    if within_budget(ev.ts_ns) && EVENTS.output::<ResetEvent>(ev, 0).is_err() {
         bump_lost(lost::RING_BUFFER_FULL);
     }
 }
 
 #[inline(always)]
 pub fn emit_error(ev: &SocketErrorEvent) {
-    if EVENTS.output::<SocketErrorEvent>(ev, 0).is_err() {
+    if within_budget(ev.ts_ns) && EVENTS.output::<SocketErrorEvent>(ev, 0).is_err() {
         bump_lost(lost::RING_BUFFER_FULL);
     }
 }

@@ -159,10 +159,11 @@ pub fn read_errors(
 }
 
 /// Label values of `rstwatch_events_lost_total{stage}`, by `rstwatch_common::lost` index.
-pub const LOST_STAGES: [(u32, &str); 3] = [
+pub const LOST_STAGES: [(u32, &str); 4] = [
     (lost::RING_BUFFER_FULL, "ring_buffer_full"),
     (lost::COUNT_MAP_FULL, "count_map_full"),
     (lost::COUNT_UNRECORDED, "count_unrecorded"),
+    (lost::OVER_EVENT_BUDGET, "over_event_budget"),
 ];
 
 /// Resets the kernel did not let our programs see (see `prog_stats`): not counted at all.

@@ -5,7 +5,6 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, Mutex},
-    time::Duration,
 };
 
 use anyhow::{Context as _, anyhow};
@@ -25,15 +24,14 @@ use crate::{
     metrics::Metrics,
     output::{self, RateLimiter, WallClock},
     prog_stats,
-    session::Session,
+    session::{KernelArgs, Session},
 };
 
 pub struct RunOptions {
     pub metrics_addr: SocketAddr,
-    pub idle_threshold: Duration,
+    pub kernel: KernelArgs,
     pub max_ports: usize,
     pub max_comms: usize,
-    pub ring_buffer_bytes: u32,
     /// Where to write JSON events: a file (appended to), `-` for stdout, or nowhere.
     pub events: Option<PathBuf>,
     pub events_per_cause_per_second: u32,
@@ -80,7 +78,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let mut event_writer = options.events.as_deref().map(open_event_output).transpose()?;
     let listener = http::bind(options.metrics_addr).await?;
 
-    let session = Session::open(options.idle_threshold, options.ring_buffer_bytes)?;
+    let session = Session::open(&options.kernel)?;
     let metrics = Metrics::new(&session.layout.release)?;
     for (probe, attached) in &session.probes.attached {
         metrics.set_probe_attached(probe, *attached);

@@ -34,10 +34,8 @@ enum Command {
         /// Prometheus on another host scrape it.
         #[arg(long, default_value = "127.0.0.1:9977")]
         metrics_addr: SocketAddr,
-        /// A received reset on a connection idle at least this long before its last send counts
-        /// as `idle_reset` (e.g. 30s, 2m).
-        #[arg(long, default_value = "30s", value_parser = parse_duration)]
-        idle_threshold: Duration,
+        #[command(flatten)]
+        kernel: session::KernelArgs,
         /// Distinct service ports that get their own `port` label; the rest are `other`.
         #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=65535))]
         max_ports: u32,
@@ -45,10 +43,6 @@ enum Command {
         /// are `other`.
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10000))]
         max_comms: u32,
-        /// Size of the kernel-to-daemon event ring buffer in KiB (a power of two, at least 4).
-        /// Counters are exact whatever its size; it bounds how many event details survive a burst.
-        #[arg(long, default_value_t = 4096, value_parser = parse_ring_kib)]
-        ring_buffer_kib: u32,
         /// Also write every reset as one JSON object per line to FILE (appended), or `-` for stdout.
         #[arg(long, value_name = "FILE|-")]
         events: Option<std::path::PathBuf>,
@@ -121,19 +115,17 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run {
             metrics_addr,
-            idle_threshold,
+            kernel,
             max_ports,
             max_comms,
-            ring_buffer_kib,
             events,
             events_rate_limit,
         } => {
             let options = daemon::RunOptions {
                 metrics_addr,
-                idle_threshold,
+                kernel,
                 max_ports: max_ports as usize,
                 max_comms: max_comms as usize,
-                ring_buffer_bytes: ring_buffer_kib * 1024,
                 events,
                 events_per_cause_per_second: events_rate_limit,
             };

@@ -14,6 +14,24 @@ use crate::{
     probes::{self, Probes},
 };
 
+/// What every command that loads the programs can tune.
+#[derive(clap::Args, Clone, Debug)]
+pub struct KernelArgs {
+    /// A received reset on a connection idle at least this long before its last send counts as
+    /// `idle_reset` (e.g. 30s, 2m).
+    #[arg(long, default_value = "30s", value_parser = crate::parse_duration)]
+    pub idle_threshold: Duration,
+    /// Size of the kernel-to-daemon event ring buffer in KiB (a power of two, at least 4).
+    /// Counters are exact whatever its size; it bounds how many event details survive a burst.
+    #[arg(long, default_value_t = 4096, value_parser = crate::parse_ring_kib)]
+    pub ring_buffer_kib: u32,
+    /// At most this many reset events per second (over all CPUs) reach userspace; past it only
+    /// their loss is counted (`over_event_budget`). Counters are exact regardless; this keeps the
+    /// daemon cheap in a reset storm. 0 = no limit.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_events_per_second: u32,
+}
+
 pub struct Session {
     pub layout: KernelLayout,
     /// Owns the programs: dropping it detaches them.
@@ -25,11 +43,13 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn open(idle_threshold: Duration, ring_buffer_bytes: u32) -> anyhow::Result<Session> {
+    pub fn open(args: &KernelArgs) -> anyhow::Result<Session> {
         let tracefs = kernel::tracefs::ensure_mounted()?;
         info!("tracefs at {}", tracefs.display());
-        let layout = kernel::resolve(idle_threshold)?;
-        let mut probes = probes::load_and_attach(&layout, ring_buffer_bytes)?;
+        let mut layout = kernel::resolve(args.idle_threshold)?;
+        let cpus = aya::util::nr_cpus().map_err(|(what, err)| anyhow!("{what}: {err}"))? as u32;
+        layout.config.events_per_cpu_per_second = args.max_events_per_second.div_ceil(cpus.max(1));
+        let mut probes = probes::load_and_attach(&layout, args.ring_buffer_kib * 1024)?;
         let counts = PerCpuHashMap::try_from(take_map(&mut probes.ebpf, "COUNTS")?)?;
         let errors = PerCpuHashMap::try_from(take_map(&mut probes.ebpf, "ERRORS")?)?;
         let lost = PerCpuArray::try_from(take_map(&mut probes.ebpf, "LOST")?)?;

@@ -5,7 +5,6 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet},
     io::{ErrorKind, Write as _},
     sync::{Arc, Mutex},
-    time::Duration,
 };
 
 use anyhow::{Context as _, anyhow, bail};
@@ -17,7 +16,7 @@ use crate::{
     counts,
     events::{self, Observation, Process, errno_name},
     output::{self, WallClock},
-    session::Session,
+    session::{KernelArgs, Session},
 };
 
 #[derive(Args, Clone)]
@@ -40,12 +39,8 @@ pub struct TraceOptions {
     /// `human` lines with explanations, or `json`: one object per line (fields in README).
     #[arg(long, value_enum, default_value_t = Format::Human)]
     output: Format,
-    /// As for `rstwatch run`.
-    #[arg(long, default_value = "30s", value_parser = crate::parse_duration)]
-    idle_threshold: Duration,
-    /// As for `rstwatch run`.
-    #[arg(long, default_value_t = 4096, value_parser = crate::parse_ring_kib)]
-    ring_buffer_kib: u32,
+    #[command(flatten)]
+    kernel: KernelArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -154,7 +149,7 @@ fn top<K: Clone + Ord>(counts: &HashMap<K, u64>, n: usize) -> Vec<(K, u64)> {
 }
 
 pub async fn run(options: TraceOptions) -> anyhow::Result<()> {
-    let session = Session::open(options.idle_threshold, options.ring_buffer_kib * 1024)?;
+    let session = Session::open(&options.kernel)?;
     let decoder = session.decoder();
     let Session { probes, lost, ring, .. } = session;
     let clock = WallClock::now();

@@ -17,6 +17,7 @@ const FILTER_PORT: u16 = 21951;
 const TMUX_PORT: u16 = 21952;
 const PIPE_PORT: u16 = 21953;
 const EVENTS_PORT: u16 = 21954;
+const BUDGET_PORT: u16 = 21955;
 
 /// Children of these tests die with the test's thread, however the test ends (a failed assertion,
 /// a killed `cargo test`), so no daemon or trace is ever left attached.
@@ -349,6 +350,54 @@ fn run_writes_events_and_rate_limits_them_per_cause() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     result?;
     assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
+    Ok(())
+}
+
+#[test]
+fn the_event_budget_drops_details_never_counts() -> Result<()> {
+    let ns = NetNs::new()?;
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let addr = format!("127.0.0.1:{metrics_port}");
+    let mut daemon = dies_with_test(&mut Command::new(binary_path()))
+        .args(["run", "--metrics-addr", &addr, "--max-events-per-second", "2", "--events", "-"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let result = (|| -> Result<()> {
+        let stderr = BufReader::new(daemon.stderr.take().expect("piped"));
+        for line in stderr.lines() {
+            if line?.contains("serving metrics") {
+                break;
+            }
+        }
+        let value = |metrics: &str, prefix: &str| -> u64 {
+            metrics
+                .lines()
+                .filter(|l| l.starts_with(prefix))
+                .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+                .sum()
+        };
+        let port = format!("port=\"{BUDGET_PORT}\"");
+        ns.run(|| scenarios::refused_many(BUDGET_PORT, 300))??;
+        std::thread::sleep(Duration::from_millis(300));
+        let metrics = ureq_get(&addr)?;
+        let sent: u64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("rstwatch_resets_total") && l.contains(&port) && l.contains("no_listener"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(sent, 300, "counts do not depend on events");
+        let dropped = value(&metrics, "rstwatch_events_lost_total{stage=\"over_event_budget\"}");
+        assert!(dropped >= 600 - 2 * 2 * 2 - 10, "{dropped} event details dropped of 600+");
+        Ok(())
+    })();
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let mut stdout = String::new();
+    daemon.stdout.take().expect("piped").read_to_string(&mut stdout)?;
+    daemon.wait()?;
+    result?;
+    let delivered = json_lines(&stdout).iter().filter(|l| l["service_port"] == BUDGET_PORT).count();
+    assert!(delivered <= 12, "at most ~2 per second got through: {delivered}");
     Ok(())
 }
 
