@@ -260,6 +260,10 @@ pub struct Config {
     pub kfree_reason: FieldOffset,
     /// This kernel's number for SKB_DROP_REASON_NETFILTER_DROP.
     pub drop_reason_netfilter: u16,
+    /// BTF tracepoints: index of `reason` among tcp_send_reset's and kfree_skb's TP_PROTO
+    /// arguments (from the `btf_trace_*` prototypes), ABSENT when the kernel has none.
+    pub btf_send_reason_arg: FieldOffset,
+    pub btf_kfree_reason_arg: FieldOffset,
 
     // struct member offsets (BTF)
     pub sk_state: u16,
@@ -293,6 +297,9 @@ pub struct Config {
     /// `sock_common.skc_net` (a `struct net *`) and `net.ns.inum`.
     pub sk_net: u16,
     pub net_inum: u16,
+    /// `sock.sk_protocol` (u16) and `sock.sk_err` (int), read by the BTF tracepoints.
+    pub sk_protocol: u16,
+    pub sk_err: u16,
     /// Bit number of SOCK_LINGER in `enum sock_flags`.
     pub sock_linger_bit: u16,
     /// Bit number of SOCK_DONE (the peer's FIN arrived; it occupies one sequence number).
@@ -333,6 +340,8 @@ impl Config {
         kfree_skbaddr: ABSENT,
         kfree_reason: ABSENT,
         drop_reason_netfilter: 0,
+        btf_send_reason_arg: ABSENT,
+        btf_kfree_reason_arg: ABSENT,
         sk_state: 0,
         sk_family: 0,
         inet_sport: 0,
@@ -361,6 +370,8 @@ impl Config {
         skb_transport_header: 0,
         sk_net: 0,
         net_inum: 0,
+        sk_protocol: 0,
+        sk_err: 0,
         sock_linger_bit: 0,
         sock_done_bit: 0,
         idle_threshold_jiffies: 0,

@@ -6,18 +6,20 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid,
         generated::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
     },
-    programs::TracePointContext,
+    cty::c_void,
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use rstwatch_common::{ConnInfo, FlowKey, ListenerKey, Owner, tcp_state};
 
 use crate::{
     maps::{CLOSED_FLOWS, CONN, LISTENERS},
-    read::{conf, tp_field},
+    read::{conf, kernel, tp_field},
     socket,
 };
 
 const IPPROTO_TCP: u16 = 6;
 
+/// Classic tracepoint: arguments from the trace record.
 pub fn on_set_state(ctx: &TracePointContext) -> Option<()> {
     let protocol: u16 = if conf!(set_state_protocol_size) == 1 {
         tp_field::<u8>(ctx, conf!(set_state_protocol))? as u16
@@ -30,6 +32,21 @@ pub fn on_set_state(ctx: &TracePointContext) -> Option<()> {
     let sk: u64 = tp_field(ctx, conf!(set_state_skaddr))?;
     let old = tp_field::<i32>(ctx, conf!(set_state_oldstate))? as u8;
     let new = tp_field::<i32>(ctx, conf!(set_state_newstate))? as u8;
+    set_state(sk, old, new);
+    Some(())
+}
+
+/// BTF tracepoint: `TP_PROTO(sk, oldstate, newstate)`; the protocol is read from the socket.
+pub fn on_set_state_btf(ctx: &BtfTracePointContext) -> Option<()> {
+    let sk = ctx.arg::<*const c_void>(0) as u64;
+    if kernel::<u16>(sk, conf!(sk_protocol))? != IPPROTO_TCP {
+        return None;
+    }
+    set_state(sk, ctx.arg::<i32>(1) as u8, ctx.arg::<i32>(2) as u8);
+    Some(())
+}
+
+fn set_state(sk: u64, old: u8, new: u8) {
     match (old, new) {
         (_, tcp_state::CLOSE) => closed(sk, old),
         // connect() and listen() run in the owner's task: this is where we learn who it is.
@@ -46,7 +63,6 @@ pub fn on_set_state(ctx: &TracePointContext) -> Option<()> {
         }
         _ => {}
     }
-    Some(())
 }
 
 /// A connection starts; inserting also replaces whatever a freed socket at this address left.

@@ -1,7 +1,11 @@
 //! What the applications got, and what the firewall made: socket errors queued because of a
 //! reset, and segments netfilter rejected (whose "reset" no TCP stack sent).
 
-use aya_ebpf::{helpers::generated::bpf_ktime_get_ns, programs::TracePointContext};
+use aya_ebpf::{
+    cty::c_void,
+    helpers::generated::bpf_ktime_get_ns,
+    programs::{BtfTracePointContext, TracePointContext},
+};
 use rstwatch_common::{ErrorKey, EVENT_SOCKET_ERROR, FlowKey, Owner, SocketErrorEvent};
 
 use crate::{
@@ -22,23 +26,14 @@ const ECONNABORTED: i32 = 103;
 /// CPU, this is what the application's next read, write or connect will return.
 pub fn on_error_report(ctx: &TracePointContext) -> Option<()> {
     let error: i32 = tp_field(ctx, conf!(error_error))?;
-    if !matches!(error, ECONNRESET | EPIPE | ECONNREFUSED | ECONNABORTED) {
-        return None;
-    }
-    if tp_field::<u16>(ctx, conf!(error_protocol))? != IPPROTO_TCP as u16 {
-        return None;
-    }
-    let remote_port: u16 = tp_field(ctx, conf!(error_dport))?;
-    if remote_port == 0 {
-        // tcp_disconnect() reports ECONNRESET on the socket it just cut loose (SO_LINGER=0
-        // close, listener close, connect(AF_UNSPEC)): the application let go of it; nobody reads.
+    if !wanted(error) || tp_field::<u16>(ctx, conf!(error_protocol))? != IPPROTO_TCP as u16 {
         return None;
     }
     let family: u16 = tp_field(ctx, conf!(error_family))?;
     let mut flow = FlowKey {
         family,
         local_port: tp_field(ctx, conf!(error_sport))?,
-        remote_port,
+        remote_port: tp_field(ctx, conf!(error_dport))?,
         ..FlowKey::default()
     };
     if family == AF_INET6 {
@@ -50,8 +45,31 @@ pub fn on_error_report(ctx: &TracePointContext) -> Option<()> {
         flow.local_addr[..4].copy_from_slice(&local);
         flow.remote_addr[..4].copy_from_slice(&remote);
     }
+    socket_error(error, &flow)
+}
+
+/// BTF tracepoint: `TP_PROTO(sk)`; the error is the one just stored in `sk->sk_err`.
+pub fn on_error_report_btf(ctx: &BtfTracePointContext) -> Option<()> {
+    let sk = ctx.arg::<*const c_void>(0) as u64;
+    let error = kernel::<i32>(sk, conf!(sk_err))?;
+    if !wanted(error) || kernel::<u16>(sk, conf!(sk_protocol))? != IPPROTO_TCP as u16 {
+        return None;
+    }
+    socket_error(error, &socket::flow(sk))
+}
+
+fn wanted(error: i32) -> bool {
+    matches!(error, ECONNRESET | EPIPE | ECONNREFUSED | ECONNABORTED)
+}
+
+fn socket_error(error: i32, flow: &FlowKey) -> Option<()> {
+    if flow.remote_port == 0 {
+        // tcp_disconnect() reports ECONNRESET on the socket it just cut loose (SO_LINGER=0
+        // close, listener close, connect(AF_UNSPEC)): the application let go of it; nobody reads.
+        return None;
+    }
     let now = unsafe { bpf_ktime_get_ns() };
-    let (skaddr, owner, port) = match last_reset_on(&flow, now) {
+    let (skaddr, owner, port) = match last_reset_on(flow, now) {
         Some(last) if last.owner_known != 0 => (last.skaddr, last.owner, last.port),
         Some(last) => (last.skaddr, Owner::default(), last.port),
         None => (0, Owner::default(), socket::guess_service_port(flow.local_port, flow.remote_port)),
@@ -76,7 +94,20 @@ pub fn on_kfree_skb(ctx: &TracePointContext) -> Option<()> {
     if reason != conf!(drop_reason_netfilter) as u32 {
         return None;
     }
-    let skb: u64 = tp_field(ctx, conf!(kfree_skbaddr))?;
+    dropped(tp_field(ctx, conf!(kfree_skbaddr))?)
+}
+
+/// BTF tracepoint: `TP_PROTO(skb, location, reason[, rx_sk])`.
+pub fn on_kfree_skb_btf(ctx: &BtfTracePointContext) -> Option<()> {
+    // Constant context offsets only: `reason` is the third argument since 5.17 (the daemon
+    // attaches the classic tracepoint where it is elsewhere).
+    if conf!(btf_kfree_reason_arg) != 2 || ctx.arg::<u64>(2) as u32 != conf!(drop_reason_netfilter) as u32 {
+        return None;
+    }
+    dropped(ctx.arg::<*const c_void>(0) as u64)
+}
+
+fn dropped(skb: u64) -> Option<()> {
     let head = kernel::<u64>(skb, conf!(skb_head))?;
     let ip = head + kernel::<u16>(skb, conf!(skb_network_header))? as u64;
     let tcp = head + kernel::<u16>(skb, conf!(skb_transport_header))? as u64;

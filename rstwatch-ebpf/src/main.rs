@@ -15,7 +15,10 @@ mod reset;
 mod segment;
 mod socket;
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
 
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
 pub fn rstwatch_send_reset(ctx: TracePointContext) -> u32 {
@@ -44,6 +47,39 @@ pub fn rstwatch_error_report(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "skb", name = "kfree_skb")]
 pub fn rstwatch_kfree_skb(ctx: TracePointContext) -> u32 {
     let _ = errors::on_kfree_skb(&ctx);
+    0
+}
+
+// The same hooks as BTF tracepoints (tp_btf): the daemon prefers these where the kernel allows
+// them, because the kernel then skips formatting a trace record for every event.
+
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn rstwatch_send_reset_btf(ctx: BtfTracePointContext) -> i32 {
+    let _ = reset::on_send_reset_btf(&ctx);
+    0
+}
+
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn rstwatch_receive_reset_btf(ctx: BtfTracePointContext) -> i32 {
+    let _ = reset::on_receive_reset_btf(&ctx);
+    0
+}
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn rstwatch_set_state_btf(ctx: BtfTracePointContext) -> i32 {
+    let _ = conn::on_set_state_btf(&ctx);
+    0
+}
+
+#[btf_tracepoint(function = "inet_sk_error_report")]
+pub fn rstwatch_error_report_btf(ctx: BtfTracePointContext) -> i32 {
+    let _ = errors::on_error_report_btf(&ctx);
+    0
+}
+
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn rstwatch_kfree_skb_btf(ctx: BtfTracePointContext) -> i32 {
+    let _ = errors::on_kfree_skb_btf(&ctx);
     0
 }
 

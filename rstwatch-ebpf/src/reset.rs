@@ -1,8 +1,9 @@
 //! The two reset tracepoints: gather the facts, find the owner, count, and emit the details.
 
 use aya_ebpf::{
+    cty::c_void,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_ktime_get_ns},
-    programs::TracePointContext,
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use rstwatch_common::{
     ABSENT, DIRECTION_RECEIVED, DIRECTION_SENT, EVENT_RESET, FlowKey, REASON_NONE, ResetEvent,
@@ -22,8 +23,8 @@ use crate::{
 /// A firewall's RST reaches the sender within microseconds on one host; a second is generous.
 const INJECTED_WINDOW_NS: u64 = 1_000_000_000;
 
+/// Classic tracepoint: the arguments come from the trace record, at tracefs offsets.
 pub fn on_send_reset(ctx: &TracePointContext) -> Option<()> {
-    let ev = scratch_event()?;
     let sk: u64 = tp_field(ctx, conf!(send_skaddr)).unwrap_or(0);
     let skb: u64 = tp_field(ctx, conf!(send_skbaddr)).unwrap_or(0);
     let state: u8 = match conf!(send_state) {
@@ -31,12 +32,33 @@ pub fn on_send_reset(ctx: &TracePointContext) -> Option<()> {
         ABSENT => STATE_NONE,
         off => tp_field::<i32>(ctx, off).unwrap_or(0) as u8,
     };
-    ev.key.direction = DIRECTION_SENT;
-    ev.key.state = state;
-    ev.key.reason = match conf!(send_reason) {
+    let reason = match conf!(send_reason) {
         ABSENT => REASON_NONE,
         off => tp_field::<u32>(ctx, off).unwrap_or(REASON_NONE as u32) as u16,
     };
+    send_reset(sk, skb, state, reason)
+}
+
+/// BTF tracepoint: `TP_PROTO(sk, skb[, reason])`, no trace record to format.
+pub fn on_send_reset_btf(ctx: &BtfTracePointContext) -> Option<()> {
+    let sk = ctx.arg::<*const c_void>(0) as u64;
+    let skb = ctx.arg::<*const c_void>(1) as u64;
+    // The tracepoint's own `state` is sk->sk_state, or 0 without a socket.
+    let state = if sk != 0 { socket::state(sk) } else { STATE_NONE };
+    // The verifier only allows constant context offsets; `reason` is the third argument since
+    // 6.10 (on older kernels the daemon attaches the classic tracepoint instead).
+    let reason = match conf!(btf_send_reason_arg) {
+        2 => ctx.arg::<u64>(2) as u16,
+        _ => REASON_NONE,
+    };
+    send_reset(sk, skb, state, reason)
+}
+
+fn send_reset(sk: u64, skb: u64, state: u8, reason: u16) -> Option<()> {
+    let ev = scratch_event()?;
+    ev.key.direction = DIRECTION_SENT;
+    ev.key.state = state;
+    ev.key.reason = reason;
     fill_common(ev, sk);
     if skb != 0 {
         // A reply to a segment: the segment says who the peer is, even when the socket is a
@@ -67,10 +89,24 @@ pub fn on_send_reset(ctx: &TracePointContext) -> Option<()> {
 
 pub fn on_receive_reset(ctx: &TracePointContext) -> Option<()> {
     let sk: u64 = tp_field(ctx, conf!(recv_skaddr))?;
+    let cookie = match conf!(recv_cookie) {
+        ABSENT => 0,
+        off => tp_field(ctx, off).unwrap_or(0),
+    };
+    receive_reset(sk, cookie)
+}
+
+/// BTF tracepoint: `TP_PROTO(sk)`.
+pub fn on_receive_reset_btf(ctx: &BtfTracePointContext) -> Option<()> {
+    receive_reset(ctx.arg::<*const c_void>(0) as u64, 0)
+}
+
+fn receive_reset(sk: u64, cookie: u64) -> Option<()> {
     if sk == 0 {
         return None;
     }
     let ev = scratch_event()?;
+    ev.cookie = cookie;
     ev.key.direction = DIRECTION_RECEIVED;
     ev.key.reason = REASON_NONE;
     // The tracepoint fires before tcp_reset() moves the socket to CLOSE: this is the state the
@@ -78,9 +114,6 @@ pub fn on_receive_reset(ctx: &TracePointContext) -> Option<()> {
     let state = socket::state(sk);
     ev.key.state = state;
     fill_common(ev, sk);
-    if conf!(recv_cookie) != ABSENT {
-        ev.cookie = tp_field(ctx, conf!(recv_cookie)).unwrap_or(0);
-    }
     socket::addresses(ev, sk);
     socket::connection_facts(ev, sk);
     set_owner(ev, sk, state);

@@ -11,7 +11,7 @@ use crate::{
     counts::Classifier,
     events::Decoder,
     kernel::{self, KernelLayout},
-    probes::{self, Probes},
+    probes::{self, Probes, ProgramType},
 };
 
 /// What every command that loads the programs can tune.
@@ -30,6 +30,10 @@ pub struct KernelArgs {
     /// daemon cheap in a reset storm. 0 = no limit.
     #[arg(long, default_value_t = 10_000)]
     pub max_events_per_second: u32,
+    /// `auto`: BTF tracepoints (tp_btf) where the kernel has them, classic tracepoints elsewhere;
+    /// `tracepoint`: classic tracepoints only.
+    #[arg(long, value_enum, default_value_t = ProgramType::Auto)]
+    pub program_type: ProgramType,
 }
 
 pub struct Session {
@@ -49,7 +53,7 @@ impl Session {
         let mut layout = kernel::resolve(args.idle_threshold)?;
         let cpus = aya::util::nr_cpus().map_err(|(what, err)| anyhow!("{what}: {err}"))? as u32;
         layout.config.events_per_cpu_per_second = args.max_events_per_second.div_ceil(cpus.max(1));
-        let mut probes = probes::load_and_attach(&layout, args.ring_buffer_kib * 1024)?;
+        let mut probes = probes::load_and_attach(&layout, args.ring_buffer_kib * 1024, args.program_type)?;
         let counts = PerCpuHashMap::try_from(take_map(&mut probes.ebpf, "COUNTS")?)?;
         let errors = PerCpuHashMap::try_from(take_map(&mut probes.ebpf, "ERRORS")?)?;
         let lost = PerCpuArray::try_from(take_map(&mut probes.ebpf, "LOST")?)?;

@@ -55,6 +55,13 @@ pub fn resets(dir: crate::metrics::Dir, cause: &str, port: u16) -> f64 {
     daemon().resets(dir, cause, port).expect("scrape /metrics")
 }
 
+/// Extra daemon arguments from `$RSTWATCH_DAEMON_ARGS` (split on whitespace).
+pub fn extra_args() -> Vec<String> {
+    std::env::var("RSTWATCH_DAEMON_ARGS")
+        .map(|args| args.split_whitespace().map(String::from).collect())
+        .unwrap_or_default()
+}
+
 fn free_port() -> Result<u16> {
     let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
     Ok(l.local_addr()?.port())
@@ -89,6 +96,8 @@ fn start() -> Result<Daemon> {
                 "--max-ports",
                 "5000",
             ])
+            // e.g. `--program-type tracepoint`: the whole suite again on classic tracepoints.
+            .args(extra_args())
             .stdin(Stdio::null())
             .stdout(Stdio::from(logf))
             .stderr(Stdio::from(logf2));

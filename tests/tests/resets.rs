@@ -43,6 +43,9 @@ scenario_tests!(
     data_after_close_fw1,
     data_after_close_fw2,
     refused_many,
+    timewait_syn,
+    disconnect_unspec,
+    fastopen_child_reset,
 );
 
 #[test]

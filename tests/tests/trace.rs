@@ -34,6 +34,30 @@ fn dies_with_test(command: &mut Command) -> &mut Command {
     }
 }
 
+/// Kills the child when the test ends, also when it ends by a failed assertion (unwinding).
+struct KillOnDrop(Option<Child>);
+
+impl KillOnDrop {
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("present until drop")
+    }
+
+    /// SIGTERM and wait: the daemon's clean shutdown.
+    fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        unsafe { libc::kill(self.child().id() as i32, libc::SIGTERM) };
+        Ok(self.child().wait()?)
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// A `rstwatch trace` child, ready once it says so on stderr.
 struct Trace {
     child: Child,
@@ -294,20 +318,15 @@ fn run_writes_events_and_rate_limits_them_per_cause() -> Result<()> {
         .local_addr()?
         .port();
     let addr = format!("127.0.0.1:{metrics_port}");
-    let mut daemon = Command::new(binary_path())
-        .args([
-            "run",
-            "--metrics-addr",
-            &addr,
-            "--events-rate-limit",
-            "5",
-            "--events",
-        ])
-        .arg(&events)
-        .stderr(Stdio::piped())
-        .spawn()?;
+    let mut daemon = KillOnDrop(Some(
+        dies_with_test(&mut Command::new(binary_path()))
+            .args(["run", "--metrics-addr", &addr, "--events-rate-limit", "5", "--events"])
+            .arg(&events)
+            .stderr(Stdio::piped())
+            .spawn()?,
+    ));
     let result = (|| -> Result<()> {
-        let stderr = BufReader::new(daemon.stderr.take().expect("piped"));
+        let stderr = BufReader::new(daemon.child().stderr.take().expect("piped"));
         for line in stderr.lines() {
             if line?.contains("serving metrics") {
                 break;
@@ -320,17 +339,20 @@ fn run_writes_events_and_rate_limits_them_per_cause() -> Result<()> {
         std::thread::sleep(Duration::from_millis(500));
         let text = std::fs::read_to_string(&events)?;
         let lines = json_lines(&text);
-        let on_port: Vec<_> = lines
-            .iter()
-            .filter(|l| l["service_port"] == EVENTS_PORT)
-            .collect();
-        let no_listener = on_port
-            .iter()
-            .filter(|l| l["cause"] == "no_listener")
-            .count() as u64;
+        // The limit is per cause and host-wide: other tests' resets share the budget, so check
+        // the limit on everything written, and the accounting on this port.
+        let written = |port: Option<u16>| {
+            lines
+                .iter()
+                .filter(|l| l["event"] == "reset" && l["cause"] == "no_listener")
+                .filter(|l| port.is_none_or(|p| l["service_port"] == p))
+                .count() as u64
+        };
+        let no_listener = written(Some(EVENTS_PORT));
+        let written_all = written(None);
         assert!(
-            no_listener >= 5 && no_listener <= 5 * (elapsed_seconds + 1),
-            "{no_listener} in {text}"
+            written_all >= 1 && written_all <= 5 * (elapsed_seconds + 1),
+            "{written_all} no_listener events written in {elapsed_seconds}s: {text}"
         );
         let metrics = ureq_get(&addr)?;
         let limited = metrics
@@ -338,15 +360,14 @@ fn run_writes_events_and_rate_limits_them_per_cause() -> Result<()> {
             .find(|l| l.starts_with("rstwatch_events_rate_limited_total{cause=\"no_listener\"}"))
             .context("no rate-limit counter")?;
         let limited: u64 = limited.rsplit(' ').next().unwrap().parse()?;
-        assert_eq!(
-            limited + no_listener,
-            50,
-            "every event is either written or counted: {limited}"
+        // The limit is per cause, host-wide: resets other tests make meanwhile may add to it.
+        assert!(
+            limited + no_listener >= 50,
+            "every event is either written or counted: {limited} + {no_listener}"
         );
         Ok(())
     })();
-    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
-    let status = daemon.wait()?;
+    let status = daemon.terminate()?;
     let _ = std::fs::remove_dir_all(&dir);
     result?;
     assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
@@ -358,13 +379,16 @@ fn the_event_budget_drops_details_never_counts() -> Result<()> {
     let ns = NetNs::new()?;
     let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let addr = format!("127.0.0.1:{metrics_port}");
-    let mut daemon = dies_with_test(&mut Command::new(binary_path()))
-        .args(["run", "--metrics-addr", &addr, "--max-events-per-second", "2", "--events", "-"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
+    let mut daemon = KillOnDrop(Some(
+        dies_with_test(&mut Command::new(binary_path()))
+            .args(["run", "--metrics-addr", &addr, "--max-events-per-second", "2", "--events", "-"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?,
+    ));
+    let mut stdout = daemon.child().stdout.take().expect("piped");
     let result = (|| -> Result<()> {
-        let stderr = BufReader::new(daemon.stderr.take().expect("piped"));
+        let stderr = BufReader::new(daemon.child().stderr.take().expect("piped"));
         for line in stderr.lines() {
             if line?.contains("serving metrics") {
                 break;
@@ -391,11 +415,12 @@ fn the_event_budget_drops_details_never_counts() -> Result<()> {
         assert!(dropped >= 600 - 2 * 2 * 2 - 10, "{dropped} event details dropped of 600+");
         Ok(())
     })();
-    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
-    let mut stdout = String::new();
-    daemon.stdout.take().expect("piped").read_to_string(&mut stdout)?;
-    daemon.wait()?;
+    unsafe { libc::kill(daemon.child().id() as i32, libc::SIGTERM) };
+    let mut text = String::new();
+    stdout.read_to_string(&mut text)?;
+    daemon.child().wait()?;
     result?;
+    let stdout = text;
     let delivered = json_lines(&stdout).iter().filter(|l| l["service_port"] == BUDGET_PORT).count();
     assert!(delivered <= 12, "at most ~2 per second got through: {delivered}");
     Ok(())

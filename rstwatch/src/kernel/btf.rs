@@ -106,6 +106,44 @@ impl KernelBtf {
             .ok_or_else(|| anyhow!("enum {name} has no value {member}"))
     }
 
+    /// The argument types of a tracepoint as a BTF tracepoint (tp_btf) program sees them: the
+    /// `TP_PROTO` of `btf_trace_<event>`, without its leading `void *__data`. Each is named as C
+    /// would ("struct sock *", "enum sk_rst_reason", "int"); qualifiers are dropped.
+    pub fn tracepoint_args(&self, event: &str) -> Result<Vec<String>> {
+        let typedef = format!("btf_trace_{event}");
+        let ty = self
+            .btf
+            .resolve_types_by_name(&typedef)
+            .with_context(|| format!("the kernel's BTF has no {typedef}: no BTF tracepoint for {event}"))?
+            .into_iter()
+            .find(|t| matches!(t, Type::Typedef(_)))
+            .ok_or_else(|| anyhow!("{typedef} is not a typedef"))?;
+        let Type::Ptr(ptr) = self.peel(ty)? else { bail!("{typedef} is not a function pointer") };
+        let Type::FuncProto(proto) = self.peel(self.btf.resolve_chained_type(&ptr)?)? else {
+            bail!("{typedef} does not point to a function prototype");
+        };
+        proto
+            .parameters
+            .iter()
+            .skip(1)
+            .map(|param| self.c_name(self.btf.resolve_chained_type(param)?))
+            .collect()
+    }
+
+    fn c_name(&self, ty: Type) -> Result<String> {
+        let ty = self.peel(ty)?;
+        Ok(match &ty {
+            Type::Ptr(p) => format!("{} *", self.c_name(self.btf.resolve_chained_type(p)?)?),
+            Type::Struct(s) => format!("struct {}", self.btf.resolve_name(s).unwrap_or_default()),
+            Type::Union(u) => format!("union {}", self.btf.resolve_name(u).unwrap_or_default()),
+            Type::Enum(e) => format!("enum {}", self.btf.resolve_name(e).unwrap_or_default()),
+            Type::Enum64(e) => format!("enum {}", self.btf.resolve_name(e).unwrap_or_default()),
+            Type::Int(i) => self.btf.resolve_name(i).unwrap_or_default(),
+            Type::Void => "void".to_string(),
+            other => other.name().to_string(),
+        })
+    }
+
     fn named_struct(&self, name: &str) -> Result<Type> {
         self.btf
             .resolve_types_by_name(name)?
@@ -210,6 +248,18 @@ mod tests {
         assert!(err("inet_timewait_sock", "tw_transparent").contains("bitfield"));
         assert!(btf.enum_values("no_such_enum_here").is_err());
         assert!(btf.enum_value("sock_flags", "SOCK_NO_SUCH_FLAG").is_err());
+    }
+
+    #[test]
+    fn tracepoint_arguments_as_tp_btf_sees_them() {
+        let Some(btf) = live_for_tests() else { return };
+        let args = btf.tracepoint_args("tcp_receive_reset").unwrap();
+        assert_eq!(args, ["struct sock *"]);
+        let args = btf.tracepoint_args("inet_sock_set_state").unwrap();
+        assert_eq!(args, ["struct sock *", "int", "int"]);
+        let args = btf.tracepoint_args("tcp_send_reset").unwrap();
+        assert_eq!(&args[..2], ["struct sock *", "struct sk_buff *"]);
+        assert!(btf.tracepoint_args("no_such_event").is_err());
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct KernelLayout {
     pub release: String,
     pub send_reset_has_reason: bool,
     pub send_reset_has_state: bool,
+    /// Tracepoints that can be attached as BTF tracepoints (tp_btf), with their argument types.
+    pub btf_tracepoints: BTreeMap<&'static str, Vec<String>>,
 }
 
 impl KernelLayout {
@@ -56,6 +58,7 @@ pub fn resolve(idle_threshold: Duration) -> Result<KernelLayout> {
     config.sock_done_bit = fit("SOCK_DONE of enum sock_flags", done)?;
 
     optional_tracepoints(&tracefs, &btf, &mut config);
+    let btf_tracepoints = btf_tracepoint_args(&btf, &mut config);
 
     let hz = clock::hz()?;
     config.idle_threshold_jiffies = idle_jiffies(idle_threshold, hz)?;
@@ -77,6 +80,7 @@ pub fn resolve(idle_threshold: Duration) -> Result<KernelLayout> {
         release,
         send_reset_has_reason: config.send_reason != ABSENT,
         send_reset_has_state: config.send_state != ABSENT,
+        btf_tracepoints,
     };
     log_summary(&layout, idle_threshold, reasons_from);
     Ok(layout)
@@ -102,6 +106,40 @@ fn optional_tracepoints(tracefs: &std::path::Path, btf: &KernelBtf, config: &mut
             log::warn!("firewall-injected resets will not be recognised: {e:#}")
         }
     }
+}
+
+/// Events the programs can also attach to as BTF tracepoints (see rstwatch-ebpf's main.rs).
+pub const BTF_TRACEPOINTS: [&str; 5] =
+    ["tcp_send_reset", "tcp_receive_reset", "inet_sock_set_state", "inet_sk_error_report", "kfree_skb"];
+
+/// The argument lists of the BTF tracepoints this kernel has, and where `reason` sits in them.
+fn btf_tracepoint_args(btf: &KernelBtf, config: &mut Config) -> BTreeMap<&'static str, Vec<String>> {
+    let mut found = BTreeMap::new();
+    for event in BTF_TRACEPOINTS {
+        match btf.tracepoint_args(event) {
+            Ok(args) => {
+                found.insert(event, args);
+            }
+            Err(e) => log::debug!("{event} only as a classic tracepoint: {e:#}"),
+        }
+    }
+    let reason_arg = |event: &str, reason_type: &str| -> FieldOffset {
+        found
+            .get(event)
+            .and_then(|args| args.iter().position(|arg| arg == reason_type))
+            .map_or(ABSENT, |index| index as FieldOffset)
+    };
+    config.btf_send_reason_arg = reason_arg("tcp_send_reset", "enum sk_rst_reason");
+    config.btf_kfree_reason_arg = reason_arg("kfree_skb", "enum skb_drop_reason");
+    // The programs read `reason` at argument 2 only (the verifier wants constant offsets); where
+    // the kernel puts it elsewhere, or has none, the classic tracepoint is the one that works.
+    if config.btf_send_reason_arg != 2 {
+        found.remove("tcp_send_reset");
+    }
+    if config.btf_kfree_reason_arg != 2 {
+        found.remove("kfree_skb");
+    }
+    found
 }
 
 /// Offsets of `sock:inet_sk_error_report`; on error `config` keeps them ABSENT.
@@ -237,6 +275,8 @@ const BTF_FIELDS: &[(&str, Slot, &str, &[&str], u32)] = &[
     ("skb_transport_header", |c| &mut c.skb_transport_header, "sk_buff", &["transport_header"], 2),
     ("sk_net", |c| &mut c.sk_net, "sock", &["__sk_common.skc_net.net"], PTR),
     ("net_inum", |c| &mut c.net_inum, "net", &["ns.inum"], 4),
+    ("sk_protocol", |c| &mut c.sk_protocol, "sock", &["sk_protocol"], 2),
+    ("sk_err", |c| &mut c.sk_err, "sock", &["sk_err"], 4),
 ];
 
 fn btf_offsets(btf: &KernelBtf, config: &mut Config) -> Result<()> {
@@ -331,6 +371,10 @@ fn log_summary(layout: &KernelLayout, idle: Duration, reasons_from: &str) {
         c.idle_threshold_jiffies,
         c.ephemeral_port_low,
         c.ephemeral_port_high,
+    );
+    log::info!(
+        "  BTF tracepoints available: {}",
+        layout.btf_tracepoints.keys().copied().collect::<Vec<_>>().join(" ")
     );
     log::debug!("kernel offsets: {c:#?}");
     log::debug!("reset reasons: {:?}", layout.reason_names);
