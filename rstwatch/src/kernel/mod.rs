@@ -493,6 +493,7 @@ mod tests {
             release: String::new(),
             send_reset_has_reason: true,
             send_reset_has_state: true,
+            btf_tracepoints: BTreeMap::new(),
         };
         assert_eq!(layout.reason_value("NO_SOCKET"), Some(1));
         assert_eq!(layout.reason_value("SK_RST_REASON_TCP_STATE"), Some(14));
