@@ -122,6 +122,9 @@ pub struct CountKey {
     pub _pad: [u8; 3],
     /// The owner's command name; zero when the owner is not known or there is no socket.
     pub comm: [u8; 16],
+    pub _pad2: [u8; 4],
+    /// The owner's cgroup v2 id (its container, in Kubernetes mode its pod); 0 when not known.
+    pub cgroup_id: u64,
 }
 
 /// Key of the in-kernel socket-error counter map.
@@ -309,6 +312,9 @@ pub struct Config {
     pub idle_threshold_jiffies: u32,
     /// Events each CPU may send per second (`--max-events-per-second` / CPUs); 0 = no limit.
     pub events_per_cpu_per_second: u32,
+    /// 1: count by the owner's cgroup too (Kubernetes mode: per-pod labels); 0: do not, which
+    /// keeps the count map small where nobody asks for pods.
+    pub count_by_cgroup: u32,
     /// `net.ipv4.ip_local_port_range`: tells a client's ephemeral port from a service port.
     pub ephemeral_port_low: u16,
     pub ephemeral_port_high: u16,
@@ -376,6 +382,7 @@ impl Config {
         sock_done_bit: 0,
         idle_threshold_jiffies: 0,
         events_per_cpu_per_second: 0,
+        count_by_cgroup: 0,
         ephemeral_port_low: 0,
         ephemeral_port_high: 0,
     };

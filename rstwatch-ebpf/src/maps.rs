@@ -101,9 +101,9 @@ pub fn count(key: &CountKey) {
     if COUNTS.insert(key, &1, BPF_ANY as u64).is_ok() {
         return;
     }
-    // Full: keep the count exact by cause at the cost of the port.
+    // Full: keep the count exact by cause at the cost of the port and the owner.
     bump_lost(lost::COUNT_MAP_FULL);
-    let fallback = CountKey { port: 0, ..*key };
+    let fallback = CountKey { port: 0, comm: [0; 16], cgroup_id: 0, ..*key };
     if let Some(value) = COUNTS.get_ptr_mut(&fallback) {
         unsafe { *value += 1 };
     } else if COUNTS.insert(&fallback, &1, BPF_ANY as u64).is_err() {

@@ -171,6 +171,9 @@ fn set_owner(ev: &mut ResetEvent, sk: u64, state: u8) {
     if let Some(owner) = conn::owner_of(sk, state, &flow) {
         ev.owner = owner;
         ev.key.comm = owner.comm;
+        if conf!(count_by_cgroup) != 0 {
+            ev.key.cgroup_id = owner.cgroup_id;
+        }
         ev.key.facts |= fact::OWNER_KNOWN;
     }
 }

@@ -1,12 +1,16 @@
 //! The exact counts kept in the kernel, read at scrape time and turned into labelled series.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
 use rstwatch_common::{CountKey, ErrorKey, STATE_NONE, lost};
 
 use crate::{
+    attribution::Attribution,
     causes::{Cause, Direction},
     classify::{ResetFacts, classify, state_label},
     events::{comm_text, errno_name},
@@ -20,6 +24,8 @@ pub struct SeriesLabels {
     pub state: &'static str,
     pub port: String,
     pub comm: String,
+    /// Kubernetes mode only: namespace, pod and container of the owner (empty outside a pod).
+    pub workload: Option<[String; 3]>,
 }
 
 /// Labels of one `rstwatch_socket_errors_total` series.
@@ -64,11 +70,23 @@ impl<K: std::hash::Hash + Eq + Clone> LabelCap<K> {
 pub struct Labels {
     pub ports: LabelCap<u16>,
     pub comms: LabelCap<[u8; 16]>,
+    /// Kubernetes mode: names the owner's pod from its cgroup.
+    pub pods: Option<Arc<Attribution>>,
 }
 
 impl Labels {
     pub fn new(max_ports: usize, max_comms: usize) -> Self {
-        Labels { ports: LabelCap::new(max_ports), comms: LabelCap::new(max_comms) }
+        Labels { ports: LabelCap::new(max_ports), comms: LabelCap::new(max_comms), pods: None }
+    }
+
+    /// Namespace, pod and container of the owner's cgroup; empty when it is not in a known pod.
+    fn workload(&self, cgroup_id: u64) -> Option<[String; 3]> {
+        let attribution = self.pods.as_ref()?;
+        let pod = attribution.describe(cgroup_id).and_then(|workload| workload.pod);
+        Some(match pod {
+            Some(pod) => [pod.namespace, pod.pod, pod.container.unwrap_or_default()],
+            None => Default::default(),
+        })
     }
 
     /// Port 0 means the kernel could not tell (or its map was full): `other`, not an overflow.
@@ -112,21 +130,24 @@ impl Classifier {
             state: state_label(facts.state_before()),
             port,
             comm,
+            workload: labels.workload(key.cgroup_id),
         };
         (series, [port_capped, comm_capped])
     }
 }
 
-/// Totals of everything in the kernel's count map, summed over CPUs, by series; and how much of
-/// it the label caps sent to `other`.
+/// Totals of everything in the kernel's count map, summed over CPUs, by series; how much of
+/// it the label caps sent to `other`; and how many keys the map holds (counted on the way).
 pub fn read_series(
     counts: &PerCpuHashMap<MapData, CountKey, u64>,
     classifier: &Classifier,
     labels: &mut Labels,
-) -> anyhow::Result<(BTreeMap<SeriesLabels, u64>, Overflow)> {
+) -> anyhow::Result<(BTreeMap<SeriesLabels, u64>, Overflow, usize)> {
     let mut series = BTreeMap::new();
     let mut overflow = Overflow::from([("port", 0), ("comm", 0)]);
+    let mut entries = 0;
     for entry in counts.iter() {
+        entries += 1;
         let (key, per_cpu) = entry.context("reading the in-kernel reset counters")?;
         // Per-CPU slots may individually wrap below zero (see the eBPF `uncount`); their sum is
         // the true count.
@@ -136,16 +157,18 @@ pub fn read_series(
         *overflow.get_mut("port").expect("seeded") += port_capped as u64 * total;
         *overflow.get_mut("comm").expect("seeded") += comm_capped as u64 * total;
     }
-    Ok((series, overflow))
+    Ok((series, overflow, entries))
 }
 
-/// Totals of the kernel's socket-error map, by series.
+/// Totals of the kernel's socket-error map, by series; and how many keys it holds.
 pub fn read_errors(
     errors: &PerCpuHashMap<MapData, ErrorKey, u64>,
     labels: &mut Labels,
-) -> anyhow::Result<BTreeMap<ErrorLabels, u64>> {
+) -> anyhow::Result<(BTreeMap<ErrorLabels, u64>, usize)> {
     let mut series = BTreeMap::new();
+    let mut entries = 0;
     for entry in errors.iter() {
+        entries += 1;
         let (key, per_cpu) = entry.context("reading the in-kernel socket-error counters")?;
         let total: u64 = per_cpu.iter().sum();
         let labels = ErrorLabels {
@@ -155,7 +178,7 @@ pub fn read_errors(
         };
         *series.entry(labels).or_insert(0u64) += total;
     }
-    Ok(series)
+    Ok((series, entries))
 }
 
 /// Label values of `rstwatch_events_lost_total{stage}`, by `rstwatch_common::lost` index.

@@ -17,6 +17,7 @@ use rstwatch_common::{CountKey, ErrorKey};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    attribution,
     counts::{self, Classifier, Labels},
     causes::Cause,
     events::{self, Observation},
@@ -35,6 +36,9 @@ pub struct RunOptions {
     /// Where to write JSON events: a file (appended to), `-` for stdout, or nowhere.
     pub events: Option<PathBuf>,
     pub events_per_cause_per_second: u32,
+    /// `--kubernetes`: name pods (also on when running in a pod with a service account).
+    pub kubernetes: bool,
+    pub node_name: Option<String>,
 }
 
 /// The kernel's counters and the Prometheus view of them, updated together at each scrape.
@@ -60,8 +64,10 @@ impl Exporter for Shared {
     fn metrics(&self) -> anyhow::Result<Vec<u8>> {
         let mut counters = self.lock()?;
         let Counters { metrics, counts, errors, lost, classifier, labels, reset_programs } = &mut *counters;
-        let (resets, overflow) = counts::read_series(counts, classifier, labels)?;
-        let errors = counts::read_errors(errors, labels)?;
+        let (resets, overflow, count_entries) = counts::read_series(counts, classifier, labels)?;
+        let (errors, error_entries) = counts::read_errors(errors, labels)?;
+        metrics.set_map_entries("counts", count_entries);
+        metrics.set_map_entries("errors", error_entries);
         let mut lost = counts::read_lost(lost)?;
         let mut skipped = 0;
         for program in reset_programs.iter() {
@@ -77,13 +83,35 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     // Check what the user gave us before touching the kernel, so mistakes fail fast and cleanly.
     let mut event_writer = options.events.as_deref().map(open_event_output).transpose()?;
     let listener = http::bind(options.metrics_addr).await?;
+    // From here on SIGTERM/SIGINT mean a clean exit 0, even during start-up (handled once it is done).
+    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
-    let session = Session::open(&options.kernel)?;
-    let metrics = Metrics::new(&session.layout.release)?;
+    let pods = if attribution::pods::watch::wanted(options.kubernetes) {
+        let node = attribution::pods::watch::node_name(options.node_name.as_deref())?;
+        let index = attribution::PodIndex::default();
+        attribution::pods::watch::start(&node, index.clone()).await?;
+        info!("Kubernetes mode: watching the pods of node {node}");
+        Some(index)
+    } else {
+        None
+    };
+    let kubernetes = pods.is_some();
+    // Without a cgroup2 mount there is nothing to resolve ids against: count resets all the same.
+    let attribution = attribution::Attribution::open(pods)
+        .map_err(|err| warn!("resets will not name containers: {err:#}"))
+        .ok()
+        .map(Arc::new);
+
+    let session = Session::open(&options.kernel, kubernetes)?;
+    let metrics = Metrics::new(&session.layout.release, kubernetes)?;
     for (probe, attached) in &session.probes.attached {
         metrics.set_probe_attached(probe, *attached);
     }
-    let decoder = session.decoder();
+    for (map, capacity) in &session.capacities {
+        metrics.set_map_capacity(map, *capacity);
+    }
+    let decoder = session.decoder(attribution.clone());
     let Session { mut probes, counts, errors, lost, ring, .. } = session;
     let shared = Arc::new(Shared(Mutex::new(Counters {
         metrics,
@@ -91,7 +119,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         errors,
         lost,
         classifier: decoder.classifier.clone(),
-        labels: Labels::new(options.max_ports, options.max_comms),
+        labels: Labels {
+            pods: attribution.filter(|_| kubernetes),
+            ..Labels::new(options.max_ports, options.max_comms)
+        },
         reset_programs: std::mem::take(&mut probes.reset_programs),
     })));
 
@@ -132,8 +163,6 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         Ok(())
     }));
 
-    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     tokio::select! {
         _ = terminate.recv() => info!("SIGTERM: detaching and exiting"),
         _ = interrupt.recv() => info!("SIGINT: detaching and exiting"),

@@ -3,6 +3,7 @@
 
 use std::{
     collections::VecDeque,
+    sync::Arc,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     time::Duration,
 };
@@ -15,6 +16,7 @@ use rstwatch_common::{
 use tokio::io::unix::AsyncFd;
 
 use crate::{
+    attribution::{Attribution, Workload},
     causes::{Cause, Direction},
     classify::{classify, state_label},
     counts::Classifier,
@@ -35,6 +37,8 @@ pub struct Reset {
     pub owner: Option<Process>,
     /// The task that was running when the kernel handled the reset (often not the owner).
     pub context: Process,
+    /// The owner's container and pod, from its cgroup.
+    pub workload: Option<Workload>,
     pub age: Option<Duration>,
     /// Time since the last segment from the peer.
     pub idle: Option<Duration>,
@@ -140,6 +144,8 @@ impl std::fmt::Display for Reset {
 pub struct Decoder {
     pub classifier: Classifier,
     pub hz: u32,
+    /// Names the owner's container (and pod, in Kubernetes mode) from its cgroup.
+    pub attribution: Option<Arc<Attribution>>,
 }
 
 impl Decoder {
@@ -159,6 +165,9 @@ impl Decoder {
             remote: socket_addr(ev.family, &ev.remote_addr, ev.remote_port),
             service_port: ev.key.port,
             owner: (ev.key.facts & fact::OWNER_KNOWN != 0).then(|| Process::from_owner(&ev.owner)),
+            workload: (ev.key.facts & fact::OWNER_KNOWN != 0)
+                .then(|| self.attribution.as_ref()?.describe(ev.owner.cgroup_id))
+                .flatten(),
             context: Process { pid: ev.tgid, tid: ev.pid, comm: comm_text(&ev.comm), cgroup_id: 0 },
             age: (ev.flags & event_flag::BIRTH_KNOWN != 0)
                 .then(|| Duration::from_nanos(ev.ts_ns.saturating_sub(ev.birth_ns))),

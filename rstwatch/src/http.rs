@@ -16,8 +16,24 @@ pub trait Exporter: Send + Sync + 'static {
 }
 
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| {
-        format!("cannot listen on --metrics-addr {addr} (in use, or not an address of this host?)")
+    TcpListener::bind(addr).await.map_err(|err| {
+        let why = match err.kind() {
+            std::io::ErrorKind::AddrInUse => format!(
+                "another process already listens there (ss -ltnp 'sport = :{}'); pick another port",
+                addr.port()
+            ),
+            std::io::ErrorKind::PermissionDenied => format!(
+                "ports below net.ipv4.ip_unprivileged_port_start ({}) need root or CAP_NET_BIND_SERVICE; \
+                 use a port such as 9977",
+                std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+                    .map_or_else(|_| "1024".to_string(), |v| v.trim().to_string())
+            ),
+            std::io::ErrorKind::AddrNotAvailable => {
+                "that IP is not an address of this host (or of this network namespace)".to_string()
+            }
+            _ => "cannot bind that address".to_string(),
+        };
+        anyhow::Error::new(err).context(format!("cannot listen on --metrics-addr {addr}: {why}"))
     })
 }
 

@@ -1,5 +1,6 @@
 //! rstwatch: every TCP reset on this host, counted by cause.
 
+mod attribution;
 mod causes;
 mod classify;
 mod counts;
@@ -13,6 +14,9 @@ mod probes;
 mod prog_stats;
 mod session;
 mod trace;
+
+#[cfg(test)]
+mod fuzz;
 
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
@@ -32,24 +36,32 @@ enum Command {
     Run {
         /// Where to serve /metrics and /healthz. Loopback by default; use 0.0.0.0:9977 to let a
         /// Prometheus on another host scrape it.
-        #[arg(long, default_value = "127.0.0.1:9977")]
+        #[arg(long, default_value = "127.0.0.1:9977", value_parser = parse_metrics_addr)]
         metrics_addr: SocketAddr,
         #[command(flatten)]
         kernel: session::KernelArgs,
         /// Distinct service ports that get their own `port` label; the rest are `other`.
-        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=65535))]
+        #[arg(long, default_value_t = 200, allow_negative_numbers = true, value_parser = count_in(1, 65535))]
         max_ports: u32,
         /// Distinct process names (of socket owners) that get their own `comm` label; the rest
         /// are `other`.
-        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10000))]
+        #[arg(long, default_value_t = 100, allow_negative_numbers = true, value_parser = count_in(1, 10_000))]
         max_comms: u32,
         /// Also write every reset as one JSON object per line to FILE (appended), or `-` for stdout.
         #[arg(long, value_name = "FILE|-")]
         events: Option<std::path::PathBuf>,
         /// At most this many events per cause per second go to --events; the rest are counted in
         /// rstwatch_events_rate_limited_total, so a reset storm cannot flood logs or disk.
-        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        #[arg(long, default_value_t = 100, allow_negative_numbers = true, value_parser = count_in(1, 1_000_000))]
         events_rate_limit: u32,
+        /// Name the pod and container of each reset's owner from the Kubernetes API (watching
+        /// this node's pods) and add `namespace`, `pod`, `container` labels. On by itself when
+        /// running in a pod with a service account.
+        #[arg(long)]
+        kubernetes: bool,
+        /// This node's name in Kubernetes; default $NODE_NAME (set it from the downward API).
+        #[arg(long, value_name = "NAME")]
+        node_name: Option<String>,
     },
     /// Watch resets live, one line each (or JSON), with the cause's meaning and remedy.
     Trace(trace::TraceOptions),
@@ -58,6 +70,30 @@ enum Command {
         /// A cause label, e.g. stale_connection.
         cause: Option<String>,
     },
+}
+
+/// A whole number from `min` to `max`, with one message for every way to miss (negative, too large
+/// for any integer type, not a number).
+fn count_in(min: u32, max: u32) -> impl Fn(&str) -> Result<u32, String> + Clone + Send + Sync + 'static {
+    move |text: &str| {
+        text.trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|value| (min..=max).contains(value))
+            .ok_or_else(|| format!("{text} is not a whole number from {min} to {max}"))
+    }
+}
+
+/// `IP:PORT` (`[IPv6]:PORT`); host names are not resolved, so a typo cannot bind elsewhere.
+fn parse_metrics_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let hint = "expected IP:PORT, e.g. 127.0.0.1:9977, 0.0.0.0:9977 or [::1]:9977 (host names are not resolved)";
+    match text.rsplit_once(':') {
+        Some((_, port)) if port.parse::<u16>().is_err() => Err(format!("port {port:?} is not a number from 0 to 65535; {hint}")),
+        _ => Err(hint.to_string()),
+    }
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -107,8 +143,36 @@ fn explain(cause: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A command-line mistake as one line (`rstwatch: error: ...`) instead of clap's block with a usage
+/// summary: log collectors keep it whole. Help and version go to stdout as usual.
+fn parse_args() -> Result<Cli, ExitCode> {
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(err) if !err.use_stderr() => err.exit(),
+        Err(err) => {
+            eprintln!("rstwatch: error: {} (see rstwatch --help)", one_line(&err.render().to_string()));
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// clap's message without its usage block, its lines joined with `; `.
+fn one_line(rendered: &str) -> String {
+    rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more information"))
+        .filter(|line| !line.is_empty())
+        .map(|line| line.strip_prefix("error: ").unwrap_or(line))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_args() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     // The daemon narrates its start-up; trace keeps the terminal for resets.
     let default_level = if matches!(cli.command, Command::Run { .. }) { "info" } else { "warn" };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level)).init();
@@ -120,6 +184,8 @@ fn main() -> ExitCode {
             max_comms,
             events,
             events_rate_limit,
+            kubernetes,
+            node_name,
         } => {
             let options = daemon::RunOptions {
                 metrics_addr,
@@ -128,6 +194,8 @@ fn main() -> ExitCode {
                 max_comms: max_comms as usize,
                 events,
                 events_per_cause_per_second: events_rate_limit,
+                kubernetes,
+                node_name,
             };
             block_on(daemon::run(options))
         }

@@ -26,21 +26,28 @@ pub struct Metrics {
     rate_limited: IntCounterVec,
     socket_errors: IntCounterVec,
     label_overflow: IntCounterVec,
+    map_entries: IntGaugeVec,
+    map_capacity: IntGaugeVec,
     /// What each series had reached at the previous sync, by metric: counters only move by the
     /// kernel's increase since then.
     last: HashMap<(&'static str, Vec<String>), u64>,
 }
+
+const RESET_LABELS: [&str; 5] = ["direction", "cause", "state", "port", "comm"];
+const RESET_LABELS_KUBERNETES: [&str; 8] =
+    ["direction", "cause", "state", "port", "comm", "namespace", "pod", "container"];
 
 /// From "just reused a pooled connection" to "an idle NAT mapping of an hour".
 const IDLE_BUCKETS: &[f64] = &[0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0];
 const AGE_BUCKETS: &[f64] = &[0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0];
 
 impl Metrics {
-    pub fn new(kernel_release: &str) -> anyhow::Result<Metrics> {
+    /// `kubernetes`: `rstwatch_resets_total` also has `namespace`, `pod` and `container` labels.
+    pub fn new(kernel_release: &str, kubernetes: bool) -> anyhow::Result<Metrics> {
         let registry = Registry::new();
         let resets = IntCounterVec::new(
             Opts::new("rstwatch_resets_total", "TCP resets on this host, by direction, cause, local TCP state before the reset, and service port."),
-            &["direction", "cause", "state", "port", "comm"],
+            if kubernetes { &RESET_LABELS_KUBERNETES } else { &RESET_LABELS[..] },
         )?;
         let idle = HistogramVec::new(
             HistogramOpts::new("rstwatch_reset_idle_seconds", "Time since the connection last received a segment from the peer, at the reset.")
@@ -72,6 +79,14 @@ impl Metrics {
             Opts::new("rstwatch_label_overflow_total", "Resets counted under port=\"other\" or comm=\"other\" because --max-ports or --max-comms distinct values were already in use."),
             &["label"],
         )?;
+        let map_entries = IntGaugeVec::new(
+            Opts::new("rstwatch_map_entries", "Keys in the in-kernel count maps at the last scrape (counts: rstwatch_resets_total's, errors: rstwatch_socket_errors_total's). They never evict: at rstwatch_map_capacity, resets with new keys are counted under port=\"other\" (rstwatch_events_lost_total{stage=\"count_map_full\"})."),
+            &["map"],
+        )?;
+        let map_capacity = IntGaugeVec::new(
+            Opts::new("rstwatch_map_capacity", "Maximum entries of each bounded in-kernel map. counts and errors: exact counters (see rstwatch_map_entries); conn, closed_flows, listeners, rejected: LRU maps of per-connection memory, which evict their oldest entries when full (their fill is not exported: full is their normal state under churn, and counting it would walk 65536 keys per scrape)."),
+            &["map"],
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("rstwatch_build_info", "rstwatch version and the kernel it runs on."),
             &["version", "kernel"],
@@ -82,7 +97,7 @@ impl Metrics {
         for collector in [&idle, &age] {
             registry.register(Box::new(collector.clone()))?;
         }
-        for collector in [&probe_attached, &build_info] {
+        for collector in [&probe_attached, &build_info, &map_entries, &map_capacity] {
             registry.register(Box::new(collector.clone()))?;
         }
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), kernel_release]).set(1);
@@ -91,7 +106,12 @@ impl Metrics {
         // first reset of each cause instead of a series appearing with it.
         for info in CAUSES {
             for direction in info.directions {
-                resets.with_label_values(&[direction.label(), info.label, info.typical_state, OTHER, OTHER]);
+                let base = [direction.label(), info.label, info.typical_state, OTHER, OTHER];
+                if kubernetes {
+                    resets.with_label_values(&[&base[..], &["", "", ""]].concat());
+                } else {
+                    resets.with_label_values(&base);
+                }
                 idle.with_label_values(&[direction.label(), info.label]);
                 age.with_label_values(&[direction.label(), info.label]);
             }
@@ -115,12 +135,22 @@ impl Metrics {
             rate_limited,
             socket_errors,
             label_overflow,
+            map_entries,
+            map_capacity,
             last: HashMap::new(),
         })
     }
 
     pub fn set_probe_attached(&self, probe: &str, attached: bool) {
         self.probe_attached.with_label_values(&[probe]).set(attached as i64);
+    }
+
+    pub fn set_map_capacity(&self, map: &str, capacity: u32) {
+        self.map_capacity.with_label_values(&[map]).set(i64::from(capacity));
+    }
+
+    pub fn set_map_entries(&self, map: &str, entries: usize) {
+        self.map_entries.with_label_values(&[map]).set(entries as i64);
     }
 
     /// Bring the counters kept in the kernel up to its totals.
@@ -132,7 +162,10 @@ impl Metrics {
         overflow: &Overflow,
     ) {
         for (l, total) in resets {
-            let values = [l.direction.label(), l.cause.label(), l.state, &l.port, &l.comm];
+            let mut values = vec![l.direction.label(), l.cause.label(), l.state, &l.port, &l.comm];
+            if let Some(workload) = &l.workload {
+                values.extend(workload.iter().map(String::as_str));
+            }
             advance(&mut self.last, "resets", &self.resets, &values, *total);
         }
         for (l, total) in errors {

@@ -52,6 +52,13 @@ pub struct JsonEvent<'a> {
     pub tid: Option<u32>,
     pub comm: Option<&'a str>,
     pub cgroup_id: Option<u64>,
+    /// The owner's container (64-hex id) and Kubernetes pod UID, from its cgroup; null outside.
+    pub container_id: Option<&'a str>,
+    pub pod_uid: Option<&'a str>,
+    /// Kubernetes mode: the pod's namespace and name, and the container's name.
+    pub namespace: Option<&'a str>,
+    pub pod: Option<&'a str>,
+    pub container: Option<&'a str>,
     /// The task running when the kernel handled the reset.
     pub context_pid: u32,
     pub context_comm: &'a str,
@@ -70,6 +77,8 @@ pub struct JsonEvent<'a> {
 
 impl<'a> JsonEvent<'a> {
     pub fn new(reset: &'a Reset, clock: &WallClock) -> JsonEvent<'a> {
+        let container = reset.workload.as_ref().and_then(|w| w.container.as_ref());
+        let pod = reset.workload.as_ref().and_then(|w| w.pod.as_ref());
         JsonEvent {
             event: "reset",
             time: humantime::format_rfc3339_micros(clock.wall(reset.monotonic_ns)).to_string(),
@@ -86,6 +95,11 @@ impl<'a> JsonEvent<'a> {
             tid: reset.owner.as_ref().map(|o| o.tid),
             comm: reset.owner.as_ref().map(|o| o.comm.as_str()),
             cgroup_id: reset.owner.as_ref().map(|o| o.cgroup_id),
+            container_id: container.map(|c| c.container_id.as_str()),
+            pod_uid: container.and_then(|c| c.pod_uid.as_deref()),
+            namespace: pod.map(|p| p.namespace.as_str()),
+            pod: pod.map(|p| p.pod.as_str()),
+            container: pod.and_then(|p| p.container.as_deref()),
             context_pid: reset.context.pid,
             context_comm: &reset.context.comm,
             age_seconds: reset.age.map(|d| d.as_secs_f64()),
@@ -183,7 +197,14 @@ fn human_reset(reset: &Reset, clock: &WallClock) -> String {
         crate::causes::Direction::Received => "<-",
     };
     let who = match &reset.owner {
-        Some(owner) => format!("{}[{}]", owner.comm, owner.pid),
+        Some(owner) => {
+            let place = reset.workload.as_ref().map_or(String::new(), |w| match (&w.pod, &w.container) {
+                (Some(pod), _) => format!(" pod={}/{}", pod.namespace, pod.pod),
+                (None, Some(container)) => format!(" container={}", &container.container_id[..12.min(container.container_id.len())]),
+                _ => String::new(),
+            });
+            format!("{}[{}]{place}", owner.comm, owner.pid)
+        }
         None if reset.skaddr == 0 => "no-socket".to_string(),
         None => format!("unknown(in {}[{}])", reset.context.comm, reset.context.pid),
     };

@@ -101,7 +101,10 @@ pub fn load_and_attach(
         .override_global("CONFIG", &layout.config, true)
         .map_max_entries("EVENTS", ring_buffer_bytes)
         .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rstwatch")))
-        .context("loading the eBPF programs into the kernel (are you root, with CAP_BPF and CAP_PERFMON?)")?;
+        .map_err(|err| {
+            let err = anyhow::Error::new(err).context("loading the eBPF programs into the kernel");
+            explain_eperm(err, "loading eBPF programs", &[CAP_BPF, CAP_PERFMON])
+        })?;
 
     let btf = match program_type {
         ProgramType::Auto => Btf::from_sys_fs()
@@ -155,14 +158,17 @@ fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec) -> anyhow::Result<()> {
         bail!("program {} missing from the eBPF object (build problem)", spec.program);
     };
     let program: &mut TracePoint = program.try_into()?;
-    program.load().with_context(|| {
-        format!("the kernel's verifier rejected the program for {}:{}", spec.category, spec.event)
+    program.load().map_err(|err| {
+        let err = anyhow::Error::new(err)
+            .context(format!("the kernel refused the program for {}:{}", spec.category, spec.event));
+        explain_eperm(err, "loading tracing programs", &[CAP_BPF, CAP_PERFMON])
     })?;
-    program.attach(spec.category, spec.event).with_context(|| {
-        format!(
+    program.attach(spec.category, spec.event).map_err(|err| {
+        let err = anyhow::Error::new(err).context(format!(
             "attaching to tracepoint {}:{} (does /sys/kernel/tracing/events/{}/{} exist?)",
             spec.category, spec.event, spec.category, spec.event
-        )
+        ));
+        explain_eperm(err, "attaching tracepoints", &[CAP_PERFMON])
     })?;
     Ok(())
 }
@@ -188,4 +194,71 @@ fn raise_memlock_limit() {
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
         log::debug!("could not raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
     }
+}
+
+/// Capabilities the daemon may need (linux/capability.h).
+pub type Capability = (u32, &'static str);
+pub const CAP_DAC_READ_SEARCH: Capability = (2, "CAP_DAC_READ_SEARCH");
+pub const CAP_PERFMON: Capability = (38, "CAP_PERFMON");
+pub const CAP_BPF: Capability = (39, "CAP_BPF");
+
+/// Who this process is, as far as the kernel's permission checks go (`/proc/self/status`).
+pub struct Privileges {
+    pub uid: u32,
+    effective: u64,
+    /// A seccomp filter is installed (container runtimes' default profiles).
+    seccomp_filter: bool,
+}
+
+impl Privileges {
+    pub fn current() -> Privileges {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let field = |name: &str| {
+            status.lines().find_map(|line| line.strip_prefix(name)).map(str::trim).unwrap_or_default()
+        };
+        Privileges {
+            // Real, effective, saved, fs: the effective one is checked.
+            uid: field("Uid:").split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(u32::MAX),
+            effective: u64::from_str_radix(field("CapEff:"), 16).unwrap_or(0),
+            seccomp_filter: field("Seccomp:") == "2",
+        }
+    }
+
+    pub fn has(&self, (bit, _): Capability) -> bool {
+        self.effective & (1 << bit) != 0
+    }
+
+    /// The names of the capabilities of `wanted` this process lacks.
+    pub fn missing(&self, wanted: &[Capability]) -> Vec<&'static str> {
+        wanted.iter().filter(|cap| !self.has(**cap)).map(|(_, name)| *name).collect()
+    }
+}
+
+/// An EPERM from the kernel says nothing about why; say which capability is missing. Other
+/// errors pass through unchanged.
+pub fn explain_eperm(err: anyhow::Error, what: &str, needs: &[Capability]) -> anyhow::Error {
+    let eperm = err
+        .chain()
+        .any(|cause| cause.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error) == Some(libc::EPERM));
+    if !eperm {
+        return err;
+    }
+    let privileges = Privileges::current();
+    let names: Vec<_> = needs.iter().map(|(_, name)| *name).collect();
+    let missing = privileges.missing(needs);
+    let why = if !missing.is_empty() {
+        format!("this process (uid {}) lacks {}", privileges.uid, missing.join(" and "))
+    } else if privileges.seccomp_filter {
+        format!(
+            "this process has {} but a seccomp filter is installed: the container runtime's profile may \
+             allow bpf(2) and perf_event_open(2) only with CAP_SYS_ADMIN (see deploy/README.md)",
+            names.join(" and ")
+        )
+    } else {
+        format!(
+            "this process has {}, so an LSM (SELinux, AppArmor, BPF LSM) or kernel lockdown refused it",
+            names.join(" and ")
+        )
+    };
+    err.context(format!("{what} needs root or {}; {why}", names.join(" and ")))
 }

@@ -16,6 +16,7 @@ use crate::{
     counts,
     events::{self, Observation, Process, errno_name},
     output::{self, WallClock},
+    attribution::Attribution,
     session::{KernelArgs, Session},
 };
 
@@ -149,8 +150,13 @@ fn top<K: Clone + Ord>(counts: &HashMap<K, u64>, n: usize) -> Vec<(K, u64)> {
 }
 
 pub async fn run(options: TraceOptions) -> anyhow::Result<()> {
-    let session = Session::open(&options.kernel)?;
-    let decoder = session.decoder();
+    let session = Session::open(&options.kernel, false)?;
+    // Containers from cgroup paths; pod names need the daemon's Kubernetes mode.
+    let attribution = Attribution::open(None)
+        .map_err(|err| log::warn!("resets will not name containers: {err:#}"))
+        .ok()
+        .map(Arc::new);
+    let decoder = session.decoder(attribution);
     let Session { probes, lost, ring, .. } = session;
     let clock = WallClock::now();
     // On stderr, so JSON output stays clean; scripts wait for it to know the probes are attached.

@@ -13,7 +13,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-pub use cgroup::{Container, Qos, Runtime};
+pub use cgroup::Container;
 pub use paths::{CgroupPaths, Limits};
 pub use pods::{PodIndex, PodRef};
 
@@ -61,10 +61,6 @@ impl Attribution {
             _ => None,
         };
         Some(Workload { container: resolved.container.clone(), pod, cgroup_path: resolved.path.to_string() })
-    }
-
-    pub fn pods(&self) -> Option<&PodIndex> {
-        self.pods.as_ref()
     }
 
     fn resolve(&self, cgroup_id: u64) -> Option<Arc<Resolved>> {

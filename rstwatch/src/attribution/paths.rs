@@ -26,6 +26,9 @@ use std::{
 use anyhow::{Context as _, anyhow};
 use log::{debug, info, warn};
 
+/// The root cgroup's id (kernfs numbers its root node 1).
+const ROOT_CGROUP_ID: u64 = 1;
+
 /// The kernel's FILEID_KERNFS handle type (include/linux/exportfs.h).
 const FILEID_KERNFS: libc::c_int = 0xfe;
 
@@ -65,12 +68,30 @@ pub struct CgroupPaths {
 }
 
 impl CgroupPaths {
-    /// The cgroup2 mount from /proc/self/mountinfo.
+    /// The cgroup2 mount from /proc/self/mountinfo that shows the whole hierarchy.
+    ///
+    /// In a container with its own cgroup namespace, its `/sys/fs/cgroup` shows only its own
+    /// sub-tree (and mountinfo calls that `/` too); the host's, bind-mounted in, shows all. The
+    /// real root is the directory whose id is 1.
     pub fn open(limits: Limits) -> anyhow::Result<CgroupPaths> {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-        let root = cgroup2_mount(&mountinfo).ok_or_else(|| {
-            anyhow!("no cgroup2 file system is mounted (try: mount -t cgroup2 none /sys/fs/cgroup/unified)")
-        })?;
+        let mounts = cgroup2_mounts(&mountinfo);
+        let whole = mounts.iter().find(|mount| std::fs::metadata(mount).is_ok_and(|m| m.ino() == ROOT_CGROUP_ID));
+        let root = match (whole, mounts.first()) {
+            (Some(whole), _) => whole.clone(),
+            (None, Some(part)) => {
+                warn!(
+                    "{} shows only part of the cgroup hierarchy: containers outside it cannot be named (mount the host's /sys/fs/cgroup)",
+                    part.display()
+                );
+                part.clone()
+            }
+            (None, None) => {
+                return Err(anyhow!(
+                    "no cgroup2 file system is mounted (try: mount -t cgroup2 none /sys/fs/cgroup/unified)"
+                ));
+            }
+        };
         CgroupPaths::at(root, limits)
     }
 
@@ -82,6 +103,7 @@ impl CgroupPaths {
         Ok(CgroupPaths { root, root_dir, cache: HashMap::new(), gone: HashSet::new(), last_scan: None, limits, stats })
     }
 
+    #[cfg(test)]
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -90,6 +112,7 @@ impl CgroupPaths {
         &self.limits
     }
 
+    #[cfg(test)]
     pub fn stats(&self) -> PathStats {
         PathStats { entries: self.cache.len(), ..self.stats }
     }
@@ -163,6 +186,11 @@ impl CgroupPaths {
         }
         self.last_scan = Some(now);
         self.stats.scans += 1;
+        let PathStats { scans, handle_lookups, .. } = self.stats;
+        debug!(
+            "walking {} for an unknown cgroup id (walk {scans}, {handle_lookups} handle lookups)",
+            self.root.display()
+        );
         match walk(&self.root, self.limits.max_entries) {
             Ok(found) => self.cache = found,
             Err(err) => warn!("cannot list cgroups under {}: {err:#}", self.root.display()),
@@ -205,28 +233,26 @@ fn relative(root: &Path, target: &Path) -> String {
 }
 
 /// The cgroup id of a cgroup v2 directory, as bpf_get_current_cgroup_id would report it.
+#[cfg(test)]
 pub fn cgroup_id(dir: &Path) -> io::Result<u64> {
     Ok(std::fs::metadata(dir)?.ino())
 }
 
-/// The mount point of the cgroup2 file system (`/sys/fs/cgroup` on unified hosts,
-/// `/sys/fs/cgroup/unified` on hybrid ones), preferring a mount of the hierarchy's root.
-pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
-    let mounts = mountinfo.lines().filter_map(|line| {
-        // id parent major:minor root mount-point options [optional...] - fstype source super-options
-        let (before, after) = line.split_once(" - ")?;
-        let fields: Vec<&str> = before.split(' ').collect();
-        let fstype = after.split(' ').next()?;
-        (fstype == "cgroup2" && fields.len() >= 5).then(|| (fields[3] == "/", unescape(fields[4])))
-    });
-    let mut best = None;
-    for (whole, mount_point) in mounts {
-        if whole {
-            return Some(mount_point);
-        }
-        best.get_or_insert(mount_point);
-    }
-    best
+/// The mount points of cgroup2 (`/sys/fs/cgroup` on unified hosts, `/sys/fs/cgroup/unified` on
+/// hybrid ones), mounts of the hierarchy's root (as this cgroup namespace sees it) first.
+pub fn cgroup2_mounts(mountinfo: &str) -> Vec<PathBuf> {
+    let mut mounts: Vec<(bool, PathBuf)> = mountinfo
+        .lines()
+        .filter_map(|line| {
+            // id parent major:minor root mount-point options [optional...] - fstype source super-options
+            let (before, after) = line.split_once(" - ")?;
+            let fields: Vec<&str> = before.split(' ').collect();
+            let fstype = after.split(' ').next()?;
+            (fstype == "cgroup2" && fields.len() >= 5).then(|| (fields[3] != "/", unescape(fields[4])))
+        })
+        .collect();
+    mounts.sort_by_key(|(sub_tree, _)| *sub_tree);
+    mounts.into_iter().map(|(_, mount)| mount).collect()
 }
 
 /// mountinfo writes space, tab, newline and backslash as `\ooo`.

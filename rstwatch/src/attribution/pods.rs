@@ -9,9 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
-
+pub mod object;
 pub mod watch;
+
+use object::{ContainerStatus, WatchedPod};
 
 /// Which workload a container belongs to, as Kubernetes names it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -79,6 +80,7 @@ impl PodIndex {
     }
 
     /// True once a full list has been applied: before that, a miss means "not loaded yet".
+    #[cfg_attr(not(test), allow(dead_code))] // for a readiness check in Kubernetes mode
     pub fn is_synced(&self) -> bool {
         self.read(|index| index.synced)
     }
@@ -104,7 +106,7 @@ impl PodIndex {
     }
 
     /// A pod was added or changed (or listed: `relisting`).
-    pub(crate) fn apply(&self, pod: &Pod) {
+    pub(crate) fn apply(&self, pod: &WatchedPod) {
         let Some(entry) = entry(pod) else { return };
         let entry = Arc::new(entry);
         self.write(|index| {
@@ -117,7 +119,7 @@ impl PodIndex {
         });
     }
 
-    pub(crate) fn delete(&self, pod: &Pod) {
+    pub(crate) fn delete(&self, pod: &WatchedPod) {
         let now = Instant::now();
         self.write(|index| {
             for key in keys(pod) {
@@ -147,18 +149,19 @@ impl PodIndex {
     }
 }
 
-fn keys(pod: &Pod) -> Vec<String> {
+fn keys(pod: &WatchedPod) -> Vec<String> {
     let meta = &pod.metadata;
     let mirror = meta.annotations.as_ref().and_then(|a| a.get(MIRROR_ANNOTATION));
     meta.uid.iter().chain(mirror).filter(|uid| !uid.is_empty()).cloned().collect()
 }
 
-fn entry(pod: &Pod) -> Option<PodEntry> {
+fn entry(pod: &WatchedPod) -> Option<PodEntry> {
     let meta = &pod.metadata;
     let (namespace, name) = (meta.namespace.clone()?, meta.name.clone()?);
     let mut containers = HashMap::new();
     if let Some(status) = &pod.status {
-        let statuses = [&status.container_statuses, &status.init_container_statuses, &status.ephemeral_container_statuses];
+        let statuses =
+            [&status.container_statuses, &status.init_container_statuses, &status.ephemeral_container_statuses];
         for status in statuses.into_iter().flatten().flatten() {
             for id in container_ids(status) {
                 containers.insert(id.to_string(), status.name.clone());
@@ -181,4 +184,4 @@ fn strip_scheme(id: &str) -> &str {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

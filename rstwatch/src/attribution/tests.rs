@@ -3,6 +3,7 @@
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use super::*;
+use crate::attribution::cgroup::{Qos, Runtime};
 use crate::attribution::pods::tests::{LIST, WEB, WEB_UID};
 
 /// A kubepods/containerd-shaped cgroup pair, removed on drop (even when the test fails).
@@ -16,7 +17,7 @@ impl TestCgroup {
     /// `None` (with a note) where cgroups cannot be made: not root, or no cgroup2 mounted.
     fn create(tag: &str, pod_uid: &str, container_id: &str) -> Option<TestCgroup> {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let Some(root) = paths::cgroup2_mount(&mountinfo) else {
+        let Some(root) = paths::cgroup2_mounts(&mountinfo).into_iter().next() else {
             eprintln!("SKIPPED: no cgroup2 mount");
             return None;
         };
@@ -91,7 +92,7 @@ fn describe_names_container_and_pod_and_forgets_nothing_it_should_not() {
     // The recorded list's web pod, in a real cgroup shaped as containerd would make it.
     let Some(cgroup) = TestCgroup::create("describe", WEB_UID, WEB) else { return };
     let pods = PodIndex::default();
-    let list: kube::core::ObjectList<k8s_openapi::api::core::v1::Pod> = serde_json::from_str(LIST).unwrap();
+    let list: kube::core::ObjectList<pods::object::WatchedPod> = serde_json::from_str(LIST).unwrap();
     pods.relist_start();
     list.items.iter().for_each(|pod| pods.apply(pod));
     pods.relist_done();
@@ -149,4 +150,11 @@ fn the_hot_path_is_cheap_once_resolved() {
     assert_eq!(attribution.paths.lock().unwrap().stats().handle_lookups, lookups, "hits did I/O");
     eprintln!("describe() on a hit: {per_call:?}");
     assert!(per_call < Duration::from_micros(20), "describe() took {per_call:?} on a hit");
+}
+
+#[test]
+fn attribution_can_be_shared_with_the_event_reader() {
+    fn shareable<T: Send + Sync + 'static>() {}
+    shareable::<Attribution>();
+    shareable::<PodIndex>();
 }

@@ -167,9 +167,12 @@ fn split_declaration(decl: &str) -> Result<(String, String, Option<u32>)> {
         None => (decl, None),
     };
     let head = head.trim_end();
+    // Past the last character that cannot be in a C identifier, whatever its width in UTF-8.
     let start = head
-        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .map_or(0, |i| i + 1);
+        .char_indices()
+        .rev()
+        .find(|&(_, c)| !(c.is_ascii_alphanumeric() || c == '_'))
+        .map_or(0, |(i, c)| i + c.len_utf8());
     let (c_type, name) = (head[..start].trim(), &head[start..]);
     if name.is_empty() || c_type.is_empty() {
         bail!("cannot split {decl:?} into a type and a name");

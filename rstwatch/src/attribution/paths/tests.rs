@@ -15,24 +15,30 @@ const UNIFIED: &str = "\
 29 25 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
 ";
 
-#[test]
-fn finds_the_cgroup2_mount() {
-    assert_eq!(cgroup2_mount(HYBRID), Some(PathBuf::from("/sys/fs/cgroup/unified")));
-    assert_eq!(cgroup2_mount(UNIFIED), Some(PathBuf::from("/sys/fs/cgroup")));
-    assert_eq!(cgroup2_mount("31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n"), None);
-    assert_eq!(cgroup2_mount(""), None);
-    // A bind mount of a sub-tree (inside a cgroup namespace) only if nothing better exists.
-    let sub = "50 40 0:26 /kubepods.slice /host/cgroup rw - cgroup2 cgroup2 rw\n";
-    assert_eq!(cgroup2_mount(sub), Some(PathBuf::from("/host/cgroup")));
-    assert_eq!(cgroup2_mount(&format!("{sub}{UNIFIED}")), Some(PathBuf::from("/sys/fs/cgroup")));
-    assert_eq!(cgroup2_mount("7 1 0:26 / /mnt/my\\040cgroup rw - cgroup2 none rw\n"), Some(PathBuf::from("/mnt/my cgroup")));
+fn mounts(mountinfo: &str) -> Vec<PathBuf> {
+    cgroup2_mounts(mountinfo)
 }
 
 #[test]
-fn this_machine_has_a_cgroup2_mount() {
+fn finds_the_cgroup2_mount() {
+    assert_eq!(mounts(HYBRID), [PathBuf::from("/sys/fs/cgroup/unified")]);
+    assert_eq!(mounts(UNIFIED), [PathBuf::from("/sys/fs/cgroup")]);
+    assert!(mounts("31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n").is_empty());
+    assert!(mounts("").is_empty());
+    // A bind mount of a sub-tree comes after mounts of the root.
+    let sub = "50 40 0:26 /kubepods.slice /host/cgroup rw - cgroup2 cgroup2 rw\n";
+    assert_eq!(mounts(sub), [PathBuf::from("/host/cgroup")]);
+    assert_eq!(mounts(&format!("{sub}{UNIFIED}")), [PathBuf::from("/sys/fs/cgroup"), PathBuf::from("/host/cgroup")]);
+    assert_eq!(mounts("7 1 0:26 / /mnt/my\\040cgroup rw - cgroup2 none rw\n"), [PathBuf::from("/mnt/my cgroup")]);
+}
+
+#[test]
+fn this_machine_has_a_cgroup2_mount_of_the_whole_hierarchy() {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let mount = cgroup2_mount(&mountinfo).expect("no cgroup2 in /proc/self/mountinfo");
+    let mount = mounts(&mountinfo).into_iter().next().expect("no cgroup2 in /proc/self/mountinfo");
     assert!(mount.join("cgroup.procs").exists(), "{} is not a cgroup2 root", mount.display());
+    let paths = CgroupPaths::open(Limits::default()).unwrap();
+    assert_eq!(cgroup_id(paths.root()).unwrap(), ROOT_CGROUP_ID);
 }
 
 /// A directory tree standing in for the hierarchy: the walk only needs directories and inodes.

@@ -30,7 +30,7 @@ pub(crate) fn pod_ref(namespace: &str, pod: &str, container: Option<&str>) -> Op
 }
 
 fn list(index: &PodIndex, json: &str) {
-    let list: ObjectList<Pod> = serde_json::from_str(json).expect("recorded pod list");
+    let list: ObjectList<WatchedPod> = serde_json::from_str(json).expect("recorded pod list");
     index.relist_start();
     for pod in &list.items {
         index.apply(pod);
@@ -38,7 +38,7 @@ fn list(index: &PodIndex, json: &str) {
     index.relist_done();
 }
 
-fn watch_events() -> Vec<WatchEvent<Pod>> {
+fn watch_events() -> Vec<WatchEvent<WatchedPod>> {
     WATCH.lines().map(|line| serde_json::from_str(line).expect("recorded watch event")).collect()
 }
 
@@ -82,7 +82,10 @@ fn watch_events_update_and_deleted_pods_linger_for_the_grace_period() {
             WatchEvent::Bookmark(_) | WatchEvent::Error(_) => {}
         }
     }
-    assert_eq!(index.lookup(EXPORTER_UID, EXPORTER), pod_ref("monitoring", "node-exporter-abcde", Some("node-exporter")));
+    assert_eq!(
+        index.lookup(EXPORTER_UID, EXPORTER),
+        pod_ref("monitoring", "node-exporter-abcde", Some("node-exporter"))
+    );
     assert_eq!(index.lookup(CART_UID, CART), pod_ref("shop", "cart-0", Some("cart")));
     // Deleted, but its last connections' resets still get a name for a while.
     assert_eq!(index.lookup(WEB_UID, WEB), pod_ref("default", "web-7d4b9c6f5-x2x9q", Some("web")));
@@ -110,4 +113,19 @@ fn container_ids_lose_their_runtime_scheme() {
     assert_eq!(strip_scheme("cri-o://abc"), "abc");
     assert_eq!(strip_scheme("docker://abc"), "abc");
     assert_eq!(strip_scheme("abc"), "abc");
+}
+
+#[test]
+fn sparse_and_null_fields_decode() {
+    for json in [
+        r#"{"metadata":{"name":"p","namespace":"n","uid":"u"}}"#,
+        r#"{"metadata":{"name":"p","namespace":"n","uid":"u"},"status":{}}"#,
+        r#"{"metadata":{"name":"p","namespace":"n","uid":"u"},"status":{"containerStatuses":null}}"#,
+        r#"{"metadata":{"name":"p","namespace":"n","uid":"u"},"status":{"containerStatuses":[{"name":"c","lastState":{}}]}}"#,
+    ] {
+        let pod: WatchedPod = serde_json::from_str(json).unwrap_or_else(|err| panic!("{json}: {err}"));
+        let index = PodIndex::default();
+        index.apply(&pod);
+        assert_eq!(index.lookup("u", "x"), pod_ref("n", "p", None), "{json}");
+    }
 }

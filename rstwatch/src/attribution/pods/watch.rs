@@ -9,14 +9,13 @@ use std::path::Path;
 
 use anyhow::{Context as _, anyhow};
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client, Config,
     runtime::{WatchStreamExt as _, watcher},
 };
 use log::{info, warn};
 
-use super::PodIndex;
+use super::{PodIndex, object::WatchedPod};
 
 const TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
@@ -53,7 +52,8 @@ pub async fn client() -> anyhow::Result<Client> {
 }
 
 /// Connects, then keeps `index` up to date in a background task until the runtime stops.
-/// Fails only on what retrying cannot fix (no node name, no credentials).
+/// Fails only on what retrying cannot fix (no credentials, no configuration); an unreachable
+/// API server is retried in the background, and lookups miss until the first list arrives.
 pub async fn start(node_name: &str, index: PodIndex) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let client = client().await?;
     info!("watching the pods of node {node_name} through the Kubernetes API");
@@ -63,10 +63,12 @@ pub async fn start(node_name: &str, index: PodIndex) -> anyhow::Result<tokio::ta
 
 /// Applies the watch of this node's pods to `index`; returns only if the stream ends (it does not).
 pub async fn follow(client: Client, node_name: &str, index: PodIndex) {
-    let pods: Api<Pod> = Api::all(client);
-    // `any_semantic`: relists are served from the API server's cache, not a quorum read, which
-    // matters when every node of a large cluster runs this.
-    let config = watcher::Config::default().fields(&format!("spec.nodeName={node_name}")).any_semantic();
+    let pods: Api<WatchedPod> = Api::all(client);
+    // Lists are served from the API server's watch cache (resourceVersion=0), not a quorum read
+    // of etcd: that matters when every node of a large cluster relists at once. kube sends
+    // resourceVersion=0 only without a page size, and one node's pods fit in one page anyway.
+    let mut config = watcher::Config::default().fields(&format!("spec.nodeName={node_name}")).any_semantic();
+    config.page_size = None;
     let mut events = watcher(pods, config).default_backoff().boxed();
     let mut failing = false;
     while let Some(event) = events.next().await {
@@ -89,7 +91,7 @@ pub async fn follow(client: Client, node_name: &str, index: PodIndex) {
     }
 }
 
-fn apply(index: &PodIndex, event: watcher::Event<Pod>) {
+fn apply(index: &PodIndex, event: watcher::Event<WatchedPod>) {
     match event {
         watcher::Event::Init => index.relist_start(),
         watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => index.apply(&pod),

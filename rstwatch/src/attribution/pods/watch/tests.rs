@@ -3,7 +3,6 @@
 
 use std::{convert::Infallible, time::Duration};
 
-use futures::StreamExt as _;
 use http_body_util::{BodyExt as _, Full, StreamBody, combinators::UnsyncBoxBody};
 use hyper::{
     Request, Response,
@@ -65,7 +64,9 @@ impl FakeApiServer {
                         Ok::<_, Infallible>(response.body(body).unwrap())
                     }
                 });
-                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service),
+                );
             }
         });
         FakeApiServer { url, requests }
@@ -148,7 +149,10 @@ async fn follows_list_watch_bookmark_and_relist_from_the_api_server() {
     reply.send(Reply::Stream(lines)).ok().unwrap();
     send.send(events[0].to_string()).unwrap(); // ADDED node-exporter
     eventually("ADDED", || index.lookup(EXPORTER_UID, EXPORTER).is_some()).await;
-    assert_eq!(index.lookup(EXPORTER_UID, EXPORTER), pod_ref("monitoring", "node-exporter-abcde", Some("node-exporter")));
+    assert_eq!(
+        index.lookup(EXPORTER_UID, EXPORTER),
+        pod_ref("monitoring", "node-exporter-abcde", Some("node-exporter"))
+    );
     send.send(events[1].to_string()).unwrap(); // MODIFIED cart-0: now has a container id
     eventually("MODIFIED", || index.lookup(CART_UID, CART).is_some_and(|p| p.container.is_some())).await;
     send.send(events[2].to_string()).unwrap(); // DELETED web
