@@ -14,6 +14,13 @@ use rstwatch_common::{
 #[map]
 pub static COUNTS: PerCpuHashMap<CountKey, u64> = PerCpuHashMap::with_max_entries(16384, 0);
 
+/// Where `count` puts a reset whose key no longer fits in COUNTS: the same key without port,
+/// owner and cgroup (one per set of classifier inputs, a few hundred at most). A map of its own,
+/// so that a flood of distinct ports or owners, which fills COUNTS, cannot take its room: counts
+/// by cause stay exact however full COUNTS is.
+#[map]
+pub static COUNTS_OTHER: PerCpuHashMap<CountKey, u64> = PerCpuHashMap::with_max_entries(1024, 0);
+
 /// Per-connection memory keyed by socket address: birth time, passive open, prior state.
 /// LRU so it stays bounded under any churn; entries are replaced when an address is reused.
 #[map]
@@ -35,6 +42,11 @@ pub static REJECTED: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(409
 /// Exact counts of errors queued on sockets because of resets, by errno, port and owner.
 #[map]
 pub static ERRORS: PerCpuHashMap<ErrorKey, u64> = PerCpuHashMap::with_max_entries(4096, 0);
+
+/// Errors whose key no longer fits in ERRORS, without port and owner (one key per errno), as
+/// COUNTS_OTHER is for COUNTS.
+#[map]
+pub static ERRORS_OTHER: PerCpuHashMap<ErrorKey, u64> = PerCpuHashMap::with_max_entries(64, 0);
 
 /// Event details for userspace. The daemon resizes it with `--ring-buffer-size`.
 #[map]
@@ -103,19 +115,27 @@ pub fn count(key: &CountKey) {
     }
     // Full: keep the count exact by cause at the cost of the port and the owner.
     bump_lost(lost::COUNT_MAP_FULL);
-    let fallback = CountKey { port: 0, comm: [0; 16], cgroup_id: 0, ..*key };
-    if let Some(value) = COUNTS.get_ptr_mut(&fallback) {
+    let fallback = without_port_and_owner(key);
+    if let Some(value) = COUNTS_OTHER.get_ptr_mut(&fallback) {
         unsafe { *value += 1 };
-    } else if COUNTS.insert(&fallback, &1, BPF_ANY as u64).is_err() {
+    } else if COUNTS_OTHER.insert(&fallback, &1, BPF_ANY as u64).is_err() {
         bump_lost(lost::COUNT_UNRECORDED);
     }
 }
 
+#[inline(always)]
+fn without_port_and_owner(key: &CountKey) -> CountKey {
+    CountKey { port: 0, comm: [0; 16], cgroup_id: 0, ..*key }
+}
+
 /// Take back one count for `key` on this CPU (the per-CPU slot may go below zero when summed
-/// alone; userspace only ever reads the sum over CPUs, which stays exact).
+/// alone; userspace only ever reads the sum over CPUs, which stays exact). A key that did not fit
+/// in COUNTS was counted in COUNTS_OTHER.
 #[inline(always)]
 pub fn uncount(key: &CountKey) {
     if let Some(value) = COUNTS.get_ptr_mut(key) {
+        unsafe { *value = (*value).wrapping_sub(1) };
+    } else if let Some(value) = COUNTS_OTHER.get_ptr_mut(&without_port_and_owner(key)) {
         unsafe { *value = (*value).wrapping_sub(1) };
     }
 }
@@ -173,7 +193,16 @@ pub fn emit_error(ev: &SocketErrorEvent) {
 pub fn count_error(key: &ErrorKey) {
     if let Some(value) = ERRORS.get_ptr_mut(key) {
         unsafe { *value += 1 };
-    } else if ERRORS.insert(key, &1, BPF_ANY as u64).is_err() {
+        return;
+    }
+    if ERRORS.insert(key, &1, BPF_ANY as u64).is_ok() {
+        return;
+    }
+    bump_lost(lost::COUNT_MAP_FULL);
+    let fallback = ErrorKey { errno: key.errno, ..ErrorKey::default() };
+    if let Some(value) = ERRORS_OTHER.get_ptr_mut(&fallback) {
+        unsafe { *value += 1 };
+    } else if ERRORS_OTHER.insert(&fallback, &1, BPF_ANY as u64).is_err() {
         bump_lost(lost::COUNT_UNRECORDED);
     }
 }

@@ -136,47 +136,53 @@ impl Classifier {
     }
 }
 
-/// Totals of everything in the kernel's count map, summed over CPUs, by series; how much of
-/// it the label caps sent to `other`; and how many keys the map holds (counted on the way).
-pub fn read_series(
-    counts: &PerCpuHashMap<MapData, CountKey, u64>,
+/// Totals of everything in the kernel's count maps (COUNTS, then COUNTS_OTHER), summed over CPUs,
+/// by series; how much of it the label caps sent to `other`; and how many keys each map holds
+/// (counted on the way).
+pub fn read_series<const N: usize>(
+    maps: [&PerCpuHashMap<MapData, CountKey, u64>; N],
     classifier: &Classifier,
     labels: &mut Labels,
-) -> anyhow::Result<(BTreeMap<SeriesLabels, u64>, Overflow, usize)> {
+) -> anyhow::Result<(BTreeMap<SeriesLabels, u64>, Overflow, [usize; N])> {
     let mut series = BTreeMap::new();
     let mut overflow = Overflow::from([("port", 0), ("comm", 0)]);
-    let mut entries = 0;
-    for entry in counts.iter() {
-        entries += 1;
-        let (key, per_cpu) = entry.context("reading the in-kernel reset counters")?;
-        // Per-CPU slots may individually wrap below zero (see the eBPF `uncount`); their sum is
-        // the true count.
-        let total = per_cpu.iter().fold(0u64, |sum, value| sum.wrapping_add(*value));
-        let (labels, [port_capped, comm_capped]) = classifier.labels(&key, labels);
-        *series.entry(labels).or_insert(0u64) += total;
-        *overflow.get_mut("port").expect("seeded") += port_capped as u64 * total;
-        *overflow.get_mut("comm").expect("seeded") += comm_capped as u64 * total;
+    let mut entries = [0; N];
+    for (map, entries) in maps.iter().zip(entries.iter_mut()) {
+        for entry in map.iter() {
+            *entries += 1;
+            let (key, per_cpu) = entry.context("reading the in-kernel reset counters")?;
+            // Per-CPU slots may individually wrap below zero (see the eBPF `uncount`); their sum
+            // is the true count.
+            let total = per_cpu.iter().fold(0u64, |sum, value| sum.wrapping_add(*value));
+            let (labels, [port_capped, comm_capped]) = classifier.labels(&key, labels);
+            *series.entry(labels).or_insert(0u64) += total;
+            *overflow.get_mut("port").expect("seeded") += port_capped as u64 * total;
+            *overflow.get_mut("comm").expect("seeded") += comm_capped as u64 * total;
+        }
     }
     Ok((series, overflow, entries))
 }
 
-/// Totals of the kernel's socket-error map, by series; and how many keys it holds.
-pub fn read_errors(
-    errors: &PerCpuHashMap<MapData, ErrorKey, u64>,
+/// Totals of the kernel's socket-error maps (ERRORS, then ERRORS_OTHER), by series; and how many
+/// keys each holds.
+pub fn read_errors<const N: usize>(
+    maps: [&PerCpuHashMap<MapData, ErrorKey, u64>; N],
     labels: &mut Labels,
-) -> anyhow::Result<(BTreeMap<ErrorLabels, u64>, usize)> {
+) -> anyhow::Result<(BTreeMap<ErrorLabels, u64>, [usize; N])> {
     let mut series = BTreeMap::new();
-    let mut entries = 0;
-    for entry in errors.iter() {
-        entries += 1;
-        let (key, per_cpu) = entry.context("reading the in-kernel socket-error counters")?;
-        let total: u64 = per_cpu.iter().sum();
-        let labels = ErrorLabels {
-            errno: errno_name(key.errno),
-            comm: labels.comm(&key.comm, true).0,
-            port: labels.port(key.port).0,
-        };
-        *series.entry(labels).or_insert(0u64) += total;
+    let mut entries = [0; N];
+    for (map, entries) in maps.iter().zip(entries.iter_mut()) {
+        for entry in map.iter() {
+            *entries += 1;
+            let (key, per_cpu) = entry.context("reading the in-kernel socket-error counters")?;
+            let total: u64 = per_cpu.iter().sum();
+            let labels = ErrorLabels {
+                errno: errno_name(key.errno),
+                comm: labels.comm(&key.comm, true).0,
+                port: labels.port(key.port).0,
+            };
+            *series.entry(labels).or_insert(0u64) += total;
+        }
     }
     Ok((series, entries))
 }

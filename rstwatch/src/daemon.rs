@@ -45,7 +45,9 @@ pub struct RunOptions {
 struct Counters {
     metrics: Metrics,
     counts: PerCpuHashMap<MapData, CountKey, u64>,
+    counts_other: PerCpuHashMap<MapData, CountKey, u64>,
     errors: PerCpuHashMap<MapData, ErrorKey, u64>,
+    errors_other: PerCpuHashMap<MapData, ErrorKey, u64>,
     lost: PerCpuArray<MapData, u64>,
     classifier: Classifier,
     labels: Labels,
@@ -63,10 +65,14 @@ impl Shared {
 impl Exporter for Shared {
     fn metrics(&self) -> anyhow::Result<Vec<u8>> {
         let mut counters = self.lock()?;
-        let Counters { metrics, counts, errors, lost, classifier, labels, reset_programs } = &mut *counters;
-        let (resets, overflow, count_entries) = counts::read_series(counts, classifier, labels)?;
-        let (errors, error_entries) = counts::read_errors(errors, labels)?;
+        let Counters { metrics, counts, counts_other, errors, errors_other, lost, classifier, labels, reset_programs } =
+            &mut *counters;
+        let (resets, overflow, [count_entries, other_entries]) =
+            counts::read_series([counts, counts_other], classifier, labels)?;
+        let (errors, [error_entries, other_error_entries]) = counts::read_errors([errors, errors_other], labels)?;
         metrics.set_map_entries("counts", count_entries);
+        metrics.set_map_entries("counts_other", other_entries);
+        metrics.set_map_entries("errors_other", other_error_entries);
         metrics.set_map_entries("errors", error_entries);
         let mut lost = counts::read_lost(lost)?;
         let mut skipped = 0;
@@ -112,11 +118,13 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         metrics.set_map_capacity(map, *capacity);
     }
     let decoder = session.decoder(attribution.clone());
-    let Session { mut probes, counts, errors, lost, ring, .. } = session;
+    let Session { mut probes, counts, counts_other, errors, errors_other, lost, ring, .. } = session;
     let shared = Arc::new(Shared(Mutex::new(Counters {
         metrics,
         counts,
+        counts_other,
         errors,
+        errors_other,
         lost,
         classifier: decoder.classifier.clone(),
         labels: Labels {

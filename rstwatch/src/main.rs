@@ -90,8 +90,11 @@ fn parse_metrics_addr(text: &str) -> Result<SocketAddr, String> {
         return Ok(addr);
     }
     let hint = "expected IP:PORT, e.g. 127.0.0.1:9977, 0.0.0.0:9977 or [::1]:9977 (host names are not resolved)";
+    let ip = |host: &str| host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok();
     match text.rsplit_once(':') {
-        Some((_, port)) if port.parse::<u16>().is_err() => Err(format!("port {port:?} is not a number from 0 to 65535; {hint}")),
+        Some((host, port)) if ip(host) && port.parse::<u16>().is_err() => {
+            Err(format!("port {port:?} is not a number from 0 to 65535; {hint}"))
+        }
         _ => Err(hint.to_string()),
     }
 }
@@ -105,11 +108,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 pub fn parse_ring_kib(text: &str) -> Result<u32, String> {
-    let kib: u32 = text.parse().map_err(|err| format!("{err}"))?;
-    if kib < 4 || !kib.is_power_of_two() || kib > 1024 * 1024 {
-        return Err(format!("{kib} is not a power of two between 4 and 1048576"));
+    match text.trim().parse::<u32>() {
+        Ok(kib) if (4..=1024 * 1024).contains(&kib) && kib.is_power_of_two() => Ok(kib),
+        _ => Err(format!("{text} is not a power of two between 4 and 1048576")),
     }
-    Ok(kib)
 }
 
 fn block_on(task: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {

@@ -80,11 +80,11 @@ impl Metrics {
             &["label"],
         )?;
         let map_entries = IntGaugeVec::new(
-            Opts::new("rstwatch_map_entries", "Keys in the in-kernel count maps at the last scrape (counts: rstwatch_resets_total's, errors: rstwatch_socket_errors_total's). They never evict: at rstwatch_map_capacity, resets with new keys are counted under port=\"other\" (rstwatch_events_lost_total{stage=\"count_map_full\"})."),
+            Opts::new("rstwatch_map_entries", "Keys in the in-kernel count maps at the last scrape (counts: rstwatch_resets_total's, by port and owner; counts_other: the resets counted without port and owner because counts was full; errors and errors_other: the same for rstwatch_socket_errors_total). They never evict: once counts (errors) is at rstwatch_map_capacity, resets (socket errors) with new keys are counted under port=\"other\" and comm=\"unknown\" or \"none\" (rstwatch_events_lost_total{stage=\"count_map_full\"})."),
             &["map"],
         )?;
         let map_capacity = IntGaugeVec::new(
-            Opts::new("rstwatch_map_capacity", "Maximum entries of each bounded in-kernel map. counts and errors: exact counters (see rstwatch_map_entries); conn, closed_flows, listeners, rejected: LRU maps of per-connection memory, which evict their oldest entries when full (their fill is not exported: full is their normal state under churn, and counting it would walk 65536 keys per scrape)."),
+            Opts::new("rstwatch_map_capacity", "Maximum entries of each bounded in-kernel map. counts, counts_other, errors and errors_other: exact counters (see rstwatch_map_entries); conn, closed_flows, listeners, rejected: LRU maps of per-connection memory, which evict their oldest entries when full (their fill is not exported: full is their normal state under churn, and counting it would walk 65536 keys per scrape)."),
             &["map"],
         )?;
         let build_info = IntGaugeVec::new(

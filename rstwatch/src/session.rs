@@ -24,7 +24,7 @@ pub struct KernelArgs {
     pub idle_threshold: Duration,
     /// Size of the kernel-to-daemon event ring buffer in KiB (a power of two, at least 4).
     /// Counters are exact whatever its size; it bounds how many event details survive a burst.
-    #[arg(long, default_value_t = 4096, value_parser = crate::parse_ring_kib)]
+    #[arg(long, default_value_t = 4096, allow_negative_numbers = true, value_parser = crate::parse_ring_kib)]
     pub ring_buffer_kib: u32,
     /// At most this many reset events per second (over all CPUs) reach userspace; past it only
     /// their loss is counted (`over_event_budget`). Counters are exact regardless; this keeps the
@@ -42,7 +42,11 @@ pub struct Session {
     /// Owns the programs: dropping it detaches them.
     pub probes: Probes,
     pub counts: PerCpuHashMap<MapData, CountKey, u64>,
+    /// Where resets go, without port and owner, once `counts` is full.
+    pub counts_other: PerCpuHashMap<MapData, CountKey, u64>,
     pub errors: PerCpuHashMap<MapData, ErrorKey, u64>,
+    /// Where socket errors go, without port and owner, once `errors` is full.
+    pub errors_other: PerCpuHashMap<MapData, ErrorKey, u64>,
     pub lost: PerCpuArray<MapData, u64>,
     pub ring: RingBuf<MapData>,
     /// `max_entries` of the bounded maps, by `rstwatch_map_capacity{map}` label.
@@ -50,10 +54,14 @@ pub struct Session {
 }
 
 /// The bounded maps whose capacity is exported: the exact count maps (which never evict: when
-/// full, new keys are counted with port 0) and the LRU maps (which evict their oldest entries).
-pub const MAPS: [(&str, &str); 6] = [
+/// `counts` or `errors` is full, new keys are counted without port and owner in `counts_other`
+/// or `errors_other`) and the LRU
+/// maps (which evict their oldest entries).
+pub const MAPS: [(&str, &str); 8] = [
     ("COUNTS", "counts"),
+    ("COUNTS_OTHER", "counts_other"),
     ("ERRORS", "errors"),
+    ("ERRORS_OTHER", "errors_other"),
     ("CONN", "conn"),
     ("CLOSED_FLOWS", "closed_flows"),
     ("LISTENERS", "listeners"),
@@ -121,10 +129,12 @@ impl Session {
             .map(|&(name, label)| Ok((label, capacity(&probes.ebpf, name)?)))
             .collect::<anyhow::Result<_>>()?;
         let counts = PerCpuHashMap::try_from(take_map(&mut probes.ebpf, "COUNTS")?)?;
+        let counts_other = PerCpuHashMap::try_from(take_map(&mut probes.ebpf, "COUNTS_OTHER")?)?;
         let errors = PerCpuHashMap::try_from(take_map(&mut probes.ebpf, "ERRORS")?)?;
+        let errors_other = PerCpuHashMap::try_from(take_map(&mut probes.ebpf, "ERRORS_OTHER")?)?;
         let lost = PerCpuArray::try_from(take_map(&mut probes.ebpf, "LOST")?)?;
         let ring = RingBuf::try_from(take_map(&mut probes.ebpf, "EVENTS")?)?;
-        Ok(Session { layout, probes, counts, errors, lost, ring, capacities })
+        Ok(Session { layout, probes, counts, counts_other, errors, errors_other, lost, ring, capacities })
     }
 
     pub fn classifier(&self) -> Classifier {
