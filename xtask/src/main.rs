@@ -1,6 +1,7 @@
 //! Developer commands: `cargo xtask run` (set up, build, run the daemon) and `cargo xtask test`
 //! (set up, build, run every test). Set-up is idempotent: it installs only what is missing.
 
+mod bench;
 mod setup;
 
 use std::{
@@ -35,6 +36,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Reset-storm benchmark: storm rate and CPU bare, with rstwatch and with bpftrace, daemon
+    /// CPU/RSS, per-program BPF cost and exact counts (see README "Performance").
+    Bench(bench::Options),
 }
 
 fn main() -> ExitCode {
@@ -70,8 +74,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut command =
                 cargo_command(&root, &["test", "--release", "--no-fail-fast", "-p", "rstwatch-tests"], &args);
             command.env("RSTWATCH_BIN", &binary);
+            check(&mut command)?;
+            // The daemon prefers BTF tracepoints; the classic ones (tracefs offsets) are what
+            // older kernels get, so the reset scenarios run on them too.
+            setup::say("reset scenarios again, on classic tracepoints (--program-type tracepoint)");
+            let classic = ["test", "--release", "--no-fail-fast", "-p", "rstwatch-tests", "--test", "resets", "--test", "attribution"];
+            let mut command = cargo_command(&root, &classic, &args);
+            command.env("RSTWATCH_BIN", &binary).env("RSTWATCH_DAEMON_ARGS", "--program-type tracepoint");
             check(&mut command)
         }
+        Task::Bench(options) => bench::run(&root, options),
     }
 }
 
