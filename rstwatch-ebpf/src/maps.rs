@@ -140,6 +140,9 @@ pub fn uncount(key: &CountKey) {
     }
 }
 
+/// The daemon drains the ring buffer on a short timer: a wakeup per record costs more than it buys.
+const BPF_RB_NO_WAKEUP: u64 = 1;
+
 /// This CPU's event budget for the current second.
 #[map]
 static BUDGET: PerCpuArray<Budget> = PerCpuArray::with_max_entries(1, 0);
@@ -177,14 +180,14 @@ fn within_budget(now_ns: u64) -> bool {
 
 #[inline(always)]
 pub fn emit(ev: &ResetEvent) {
-    if within_budget(ev.ts_ns) && EVENTS.output::<ResetEvent>(ev, 0).is_err() {
+    if within_budget(ev.ts_ns) && EVENTS.output::<ResetEvent>(ev, BPF_RB_NO_WAKEUP).is_err() {
         bump_lost(lost::RING_BUFFER_FULL);
     }
 }
 
 #[inline(always)]
 pub fn emit_error(ev: &SocketErrorEvent) {
-    if within_budget(ev.ts_ns) && EVENTS.output::<SocketErrorEvent>(ev, 0).is_err() {
+    if within_budget(ev.ts_ns) && EVENTS.output::<SocketErrorEvent>(ev, BPF_RB_NO_WAKEUP).is_err() {
         bump_lost(lost::RING_BUFFER_FULL);
     }
 }

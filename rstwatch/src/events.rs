@@ -324,19 +324,19 @@ pub async fn read_events(
     let mut ready = Vec::new();
     loop {
         let mut decode_errors = 0u64;
+        // The programs write without waking us (BPF_RB_NO_WAKEUP): one wakeup per record cost the
+        // daemon and the storming task a context switch each. Drain on the tick instead; a wakeup
+        // still arrives if the kernel decides to send one.
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting for events")?;
-                let ring = guard.get_inner_mut();
-                while let Some(item) = ring.next() {
-                    match from_bytes(&item) {
-                        Some(ev) => filter.push(ev, &mut ready),
-                        None => decode_errors += 1,
-                    }
-                }
+                decode_errors += drain(guard.get_inner_mut(), &mut filter, &mut ready);
                 guard.clear_ready();
             }
-            _ = tick.tick() => filter.release_older_than(monotonic_ns(), &mut ready),
+            _ = tick.tick() => {
+                decode_errors += drain(ring.get_mut(), &mut filter, &mut ready);
+                filter.release_older_than(monotonic_ns(), &mut ready);
+            }
         }
         if ready.is_empty() && decode_errors == 0 {
             continue;
@@ -354,6 +354,18 @@ pub async fn read_events(
             .collect();
         sink(observations, decode_errors)?;
     }
+}
+
+/// Everything in the ring buffer now; returns how many records did not decode.
+fn drain(ring: &mut RingBuf<MapData>, filter: &mut FalseReceiveFilter, ready: &mut Vec<Record>) -> u64 {
+    let mut decode_errors = 0;
+    while let Some(item) = ring.next() {
+        match from_bytes(&item) {
+            Some(ev) => filter.push(ev, ready),
+            None => decode_errors += 1,
+        }
+    }
+    decode_errors
 }
 
 /// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.

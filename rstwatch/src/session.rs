@@ -24,7 +24,7 @@ pub struct KernelArgs {
     pub idle_threshold: Duration,
     /// Size of the kernel-to-daemon event ring buffer in KiB (a power of two, at least 4).
     /// Counters are exact whatever its size; it bounds how many event details survive a burst.
-    #[arg(long, default_value_t = 4096, allow_negative_numbers = true, value_parser = crate::parse_ring_kib)]
+    #[arg(long, default_value_t = 1024, allow_negative_numbers = true, value_parser = crate::parse_ring_kib)]
     pub ring_buffer_kib: u32,
     /// At most this many reset events per second (over all CPUs) reach userspace; past it only
     /// their loss is counted (`over_event_budget`). Counters are exact regardless; this keeps the
