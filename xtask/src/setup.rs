@@ -13,8 +13,15 @@ use anyhow::{Context as _, bail};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev", "libxml2-dev"];
 /// What the integration tests drive: `ip` and `ss` (network namespaces, socket kills), tmux (the
-/// trace view in a real terminal).
-const TEST_PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("ss", "iproute2"), ("tmux", "tmux")];
+/// trace view in a real terminal), nft (a firewall REJECT), unshare and setpriv (hardening).
+const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("ss", "iproute2"),
+    ("tmux", "tmux"),
+    ("nft", "nftables"),
+    ("unshare", "util-linux"),
+    ("setpriv", "util-linux"),
+];
 
 pub fn say(what: &str) {
     eprintln!("xtask: {what}");
