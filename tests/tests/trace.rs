@@ -354,7 +354,7 @@ fn run_writes_events_and_rate_limits_them_per_cause() -> Result<()> {
             written_all >= 1 && written_all <= 5 * (elapsed_seconds + 1),
             "{written_all} no_listener events written in {elapsed_seconds}s: {text}"
         );
-        let metrics = ureq_get(&addr)?;
+        let metrics = metrics_of(&addr)?;
         let limited = metrics
             .lines()
             .find(|l| l.starts_with("rstwatch_events_rate_limited_total{cause=\"no_listener\"}"))
@@ -404,7 +404,7 @@ fn the_event_budget_drops_details_never_counts() -> Result<()> {
         let port = format!("port=\"{BUDGET_PORT}\"");
         ns.run(|| scenarios::refused_many(BUDGET_PORT, 300))??;
         std::thread::sleep(Duration::from_millis(300));
-        let metrics = ureq_get(&addr)?;
+        let metrics = metrics_of(&addr)?;
         let sent: u64 = metrics
             .lines()
             .filter(|l| l.starts_with("rstwatch_resets_total") && l.contains(&port) && l.contains("no_listener"))
@@ -426,15 +426,7 @@ fn the_event_budget_drops_details_never_counts() -> Result<()> {
     Ok(())
 }
 
-/// GET /metrics over a plain socket (no HTTP client crate needed for one request).
-fn ureq_get(addr: &str) -> Result<String> {
-    use std::io::Write;
-    let mut stream = std::net::TcpStream::connect(addr)?;
-    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    Ok(response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default())
+/// GET /metrics from a daemon this test started.
+fn metrics_of(addr: &str) -> Result<String> {
+    rstwatch_tests::daemon::http_get(addr.parse()?, "/metrics")
 }
