@@ -114,11 +114,7 @@ pub fn current_owner() -> Owner {
     }
 }
 
-/// The owner of a socket at reset time, where known.
-pub fn owner_of(sk: u64, state: u8, flow: &FlowKey) -> Option<Owner> {
-    if state == tcp_state::TIME_WAIT {
-        return unsafe { CLOSED_FLOWS.get(flow) }.copied();
-    }
-    let info = unsafe { CONN.get(&sk) }?;
-    (info.owner_known != 0).then_some(info.owner)
+/// The owner of the connection a time-wait socket stands for.
+pub fn timewait_owner(flow: &FlowKey) -> Option<Owner> {
+    unsafe { CLOSED_FLOWS.get(flow) }.copied()
 }

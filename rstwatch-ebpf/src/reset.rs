@@ -6,7 +6,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use rstwatch_common::{
-    ABSENT, DIRECTION_RECEIVED, DIRECTION_SENT, EVENT_RESET, FlowKey, REASON_NONE, ResetEvent,
+    ABSENT, DIRECTION_RECEIVED, DIRECTION_SENT, Owner, EVENT_RESET, FlowKey, REASON_NONE, ResetEvent,
     STATE_NONE, event_flag, fact, tcp_state,
 };
 
@@ -81,7 +81,7 @@ fn send_reset(sk: u64, skb: u64, state: u8, reason: u16) -> Option<()> {
             uncount(&last.key);
             ev.flags |= event_flag::UNDID_FALSE_RECEIVE;
         }
-        set_owner(ev, sk, state);
+        set_timewait_owner(ev, state);
     }
     finish(ev);
     Some(())
@@ -116,7 +116,7 @@ fn receive_reset(sk: u64, cookie: u64) -> Option<()> {
     fill_common(ev, sk);
     socket::addresses(ev, sk);
     socket::connection_facts(ev, sk);
-    set_owner(ev, sk, state);
+    set_timewait_owner(ev, state);
     let flow = flow_of(ev);
     if let Some(rejected_at) = unsafe { REJECTED.get(&flow) } {
         if ev.ts_ns.wrapping_sub(*rejected_at) <= INJECTED_WINDOW_NS {
@@ -162,20 +162,33 @@ fn fill_common(ev: &mut ResetEvent, sk: u64) {
         if info.passive != 0 {
             ev.key.facts |= fact::PASSIVE;
         }
+        // A time-wait socket is not the connection's socket: its owner is found by flow, later.
+        if info.owner_known != 0 && ev.key.state != tcp_state::TIME_WAIT {
+            apply_owner(ev, &info.owner);
+        }
+    }
+}
+
+/// The owner of a time-wait socket, by the 4-tuple of the connection it stands for (full sockets
+/// got theirs in `fill_common`, from the same lookup that gave birth and prior state).
+#[inline(always)]
+fn set_timewait_owner(ev: &mut ResetEvent, state: u8) {
+    if state != tcp_state::TIME_WAIT {
+        return;
+    }
+    if let Some(owner) = conn::timewait_owner(&flow_of(ev)) {
+        apply_owner(ev, &owner);
     }
 }
 
 #[inline(always)]
-fn set_owner(ev: &mut ResetEvent, sk: u64, state: u8) {
-    let flow = flow_of(ev);
-    if let Some(owner) = conn::owner_of(sk, state, &flow) {
-        ev.owner = owner;
-        ev.key.comm = owner.comm;
-        if conf!(count_by_cgroup) != 0 {
-            ev.key.cgroup_id = owner.cgroup_id;
-        }
-        ev.key.facts |= fact::OWNER_KNOWN;
+fn apply_owner(ev: &mut ResetEvent, owner: &Owner) {
+    ev.owner = *owner;
+    ev.key.comm = owner.comm;
+    if conf!(count_by_cgroup) != 0 {
+        ev.key.cgroup_id = owner.cgroup_id;
     }
+    ev.key.facts |= fact::OWNER_KNOWN;
 }
 
 #[inline(always)]
