@@ -67,6 +67,16 @@ pub mod fact {
     pub const OWNER_KNOWN: u16 = 1 << 15;
 }
 
+/// Bits of `CountKey::extra_facts`.
+pub mod extra_fact {
+    /// Keepalive probes went unanswered (`icsk_probes_out > 0`): what tells a keepalive timeout
+    /// from an admin abort on kernels that give no reset reason.
+    pub const PROBES_UNANSWERED: u8 = 1 << 0;
+    /// Seen by the kprobe on tcp_v4/v6_send_reset that stands in for the tracepoint on kernels
+    /// before 6.10, whose tracepoint skips resets sent without a full socket.
+    pub const FROM_KPROBE: u8 = 1 << 1;
+}
+
 /// Bits of `ResetEvent::flags`: facts about one event that do not take part in counting.
 pub mod event_flag {
     /// This sent reset followed a `tcp_receive_reset` for the same socket that the kernel raised
@@ -119,7 +129,9 @@ pub struct CountKey {
     /// For sent resets in CLOSE: the state before the kernel closed the socket to reset it
     /// (from `inet_sock_set_state`), or STATE_NONE if that transition was not seen.
     pub prior_state: u8,
-    pub _pad: [u8; 3],
+    /// More facts (`extra_fact::*`): `facts` has no free bit left.
+    pub extra_facts: u8,
+    pub _pad: [u8; 2],
     /// The owner's command name; zero when the owner is not known or there is no socket.
     pub comm: [u8; 16],
     pub _pad2: [u8; 4],
@@ -291,6 +303,7 @@ pub struct Config {
     pub tcp_lsndtime: u16,
     pub tcp_rcv_tstamp: u16,
     pub icsk_lrcvtime: u16,
+    pub icsk_probes_out: u16,
     pub tw_substate: u16,
     pub skb_data: u16,
     pub skb_len: u16,
@@ -368,6 +381,7 @@ impl Config {
         tcp_lsndtime: 0,
         tcp_rcv_tstamp: 0,
         icsk_lrcvtime: 0,
+        icsk_probes_out: 0,
         tw_substate: 0,
         skb_data: 0,
         skb_len: 0,

@@ -16,8 +16,8 @@ mod segment;
 mod socket;
 
 use aya_ebpf::{
-    macros::{btf_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, TracePointContext},
+    macros::{btf_tracepoint, kprobe, tracepoint},
+    programs::{BtfTracePointContext, ProbeContext, TracePointContext},
 };
 
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
@@ -80,6 +80,22 @@ pub fn rstwatch_error_report_btf(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn rstwatch_kfree_skb_btf(ctx: BtfTracePointContext) -> i32 {
     let _ = errors::on_kfree_skb_btf(&ctx);
+    0
+}
+
+// Before 6.10 tcp_send_reset fires only for full sockets: resets sent for a segment that met no
+// socket, or a time-wait one, are only seen entering tcp_v4/v6_send_reset. The daemon attaches
+// these only on such kernels (and where kprobes exist), so nothing is counted twice.
+
+#[kprobe(function = "tcp_v4_send_reset")]
+pub fn rstwatch_v4_send_reset_kprobe(ctx: ProbeContext) -> u32 {
+    let _ = reset::on_send_reset_kprobe(&ctx);
+    0
+}
+
+#[kprobe(function = "tcp_v6_send_reset")]
+pub fn rstwatch_v6_send_reset_kprobe(ctx: ProbeContext) -> u32 {
+    let _ = reset::on_send_reset_kprobe(&ctx);
     0
 }
 

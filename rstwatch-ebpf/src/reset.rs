@@ -3,11 +3,11 @@
 use aya_ebpf::{
     cty::c_void,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_ktime_get_ns},
-    programs::{BtfTracePointContext, TracePointContext},
+    programs::{BtfTracePointContext, ProbeContext, TracePointContext},
 };
 use rstwatch_common::{
     ABSENT, DIRECTION_RECEIVED, DIRECTION_SENT, Owner, EVENT_RESET, FlowKey, REASON_NONE, ResetEvent,
-    STATE_NONE, event_flag, fact, tcp_state,
+    STATE_NONE, event_flag, extra_fact, fact, tcp_state,
 };
 
 use crate::{
@@ -54,9 +54,31 @@ pub fn on_send_reset_btf(ctx: &BtfTracePointContext) -> Option<()> {
     send_reset(sk, skb, state, reason)
 }
 
+/// kprobe on `tcp_v4_send_reset(sk, skb)` / `tcp_v6_send_reset(sk, skb)`, for kernels whose
+/// tracepoint skips everything but full sockets: take exactly what the tracepoint leaves out.
+pub fn on_send_reset_kprobe(ctx: &ProbeContext) -> Option<()> {
+    let sk: u64 = ctx.arg::<*const c_void>(0)? as u64;
+    let skb: u64 = ctx.arg::<*const c_void>(1)? as u64;
+    let state = if sk != 0 { socket::state(sk) } else { STATE_NONE };
+    if sk != 0 && state != tcp_state::TIME_WAIT && state != tcp_state::NEW_SYN_RECV {
+        return None; // a full socket: the tracepoint has it
+    }
+    // The function returns at once, sending nothing, when the segment is itself a reset.
+    if skb == 0 || segment::is_reset(skb) {
+        return None;
+    }
+    send_reset_with(sk, skb, state, REASON_NONE, extra_fact::FROM_KPROBE)
+}
+
 fn send_reset(sk: u64, skb: u64, state: u8, reason: u16) -> Option<()> {
+    send_reset_with(sk, skb, state, reason, 0)
+}
+
+#[inline(always)]
+fn send_reset_with(sk: u64, skb: u64, state: u8, reason: u16, extra_facts: u8) -> Option<()> {
     let ev = scratch_event()?;
     ev.key.direction = DIRECTION_SENT;
+    ev.key.extra_facts = extra_facts;
     ev.key.state = state;
     ev.key.reason = reason;
     fill_common(ev, sk);

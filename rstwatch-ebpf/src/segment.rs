@@ -9,7 +9,15 @@ const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
+
+/// The segment's RST flag: the kernel never answers a reset with a reset.
+#[inline(always)]
+pub fn is_reset(skb: u64) -> bool {
+    let Some(data) = kernel::<u64>(skb, conf!(skb_data)) else { return false };
+    kernel::<u8>(data, 13).is_some_and(|flags| flags & TCP_RST != 0)
+}
 
 #[inline(always)]
 pub fn describe_trigger(ev: &mut ResetEvent, skb: u64) {

@@ -1,7 +1,7 @@
 //! Facts read from the socket itself, at BTF offsets. Only full sockets have the `tcp_sock`
 //! fields; time-wait and request sockets share just `sock_common`.
 
-use rstwatch_common::{FlowKey, ResetEvent, event_flag, fact, tcp_state};
+use rstwatch_common::{FlowKey, ResetEvent, event_flag, extra_fact, fact, tcp_state};
 
 use crate::read::{conf, kernel};
 
@@ -103,6 +103,9 @@ pub fn guess_service_port(local_port: u16, remote_port: u16) -> u16 {
 pub fn connection_facts(ev: &mut ResetEvent, sk: u64) {
     ev.key.facts |= fact::FULL_SOCKET;
 
+    if kernel::<u8>(sk, conf!(icsk_probes_out)).unwrap_or(0) != 0 {
+        ev.key.extra_facts |= extra_fact::PROBES_UNANSWERED;
+    }
     let socket_ptr = kernel::<u64>(sk, conf!(sk_socket)).unwrap_or(0);
     if socket_ptr == 0 {
         ev.key.facts |= fact::ORPHAN;

@@ -1,13 +1,13 @@
 //! The cause classifier: a pure function from the facts the kernel gathered about one reset to
 //! one cause. Table-tested below; the kernel evidence behind each row is in KERNEL-RESETS.md.
 
-use rstwatch_common::{CountKey, DIRECTION_SENT, REASON_NONE, fact, tcp_state};
+use rstwatch_common::{CountKey, DIRECTION_SENT, REASON_NONE, STATE_NONE, extra_fact, fact, tcp_state};
 
 use crate::causes::{Cause, Direction};
 
 /// The kernel's `enum sk_rst_reason`, by name: its numbers differ between kernels, so values are
 /// mapped to these names at run time from BTF (see `kernel::KernelLayout::reason_names`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RstReason {
     NotSpecified,
     NoSocket,
@@ -66,6 +66,7 @@ pub struct ResetFacts {
     /// For sent resets in CLOSE, the state before the kernel closed the socket (0 if unknown).
     pub prior_state: u8,
     pub facts: u16,
+    pub extra_facts: u8,
 }
 
 impl ResetFacts {
@@ -81,11 +82,16 @@ impl ResetFacts {
             state: key.state,
             prior_state: key.prior_state,
             facts: key.facts,
+            extra_facts: key.extra_facts,
         }
     }
 
     fn has(&self, bit: u16) -> bool {
         self.facts & bit != 0
+    }
+
+    fn has_extra(&self, bit: u8) -> bool {
+        self.extra_facts & bit != 0
     }
 
     /// The local TCP state before the reset, as the `state` metric label reports it.
@@ -111,7 +117,11 @@ pub fn classify(f: &ResetFacts) -> Cause {
 
 fn classify_sent(f: &ResetFacts) -> Cause {
     use RstReason::*;
-    let Some(reason) = f.reason else { return classify_sent_without_reason(f) };
+    // 6.10 and 6.11 name no reason for active resets (NOT_SPECIFIED): as good as none.
+    let reason = match f.reason {
+        None | Some(RstReason::NotSpecified) => return classify_sent_without_reason(f),
+        Some(reason) => reason,
+    };
     let trigger_syn = f.has(fact::TRIGGER_SYN);
     match reason {
         NoSocket if trigger_syn && !f.has(fact::TRIGGER_ACK) => Cause::NoListener,
@@ -158,39 +168,65 @@ fn classify_tcp_state(f: &ResetFacts) -> Cause {
     Cause::Other
 }
 
-/// Kernels before 6.10 (and active resets on 6.10/6.11) give no reason: fall back on the socket.
+/// Kernels before 6.10 (and active resets on 6.10/6.11) give no reason: fall back on the socket,
+/// the trigger segment and the call path. What this cannot tell apart is listed in
+/// `compat::AMBIGUOUS_WITHOUT_REASON` (and marked in README's compatibility table).
 fn classify_sent_without_reason(f: &ResetFacts) -> Cause {
+    let trigger_syn = f.has(fact::TRIGGER_SYN);
     if f.has(fact::TRIGGER) {
-        if f.state == tcp_state::TIME_WAIT {
-            return if f.has(fact::TW_FIN_WAIT2) && !f.has(fact::TRIGGER_SYN) {
-                Cause::DataAfterClose
-            } else {
-                Cause::TimewaitSegment
-            };
-        }
-        if f.state == tcp_state::LISTEN && !f.has(fact::TRIGGER_SYN) {
-            return Cause::UnknownConnection;
-        }
-        return Cause::Other;
+        return match f.state {
+            // No socket at all (the kprobe fallback on old kernels): the peer's SYN found no
+            // listener, anything else found no connection.
+            STATE_NONE if trigger_syn && !f.has(fact::TRIGGER_ACK) => Cause::NoListener,
+            STATE_NONE => Cause::UnknownConnection,
+            tcp_state::TIME_WAIT if f.has(fact::TW_FIN_WAIT2) && !trigger_syn => Cause::DataAfterClose,
+            tcp_state::TIME_WAIT => Cause::TimewaitSegment,
+            // A bare ACK at a listener completes a handshake the full accept queue cannot take;
+            // a half-open peer usually sends data (ambiguous: a bare ACK from one looks the same).
+            tcp_state::LISTEN if !trigger_syn && !f.has(fact::TRIGGER_PAYLOAD) => Cause::AcceptQueueOverflow,
+            tcp_state::LISTEN if !trigger_syn => Cause::UnknownConnection,
+            tcp_state::LISTEN => Cause::InvalidSegment,
+            // An orphan that got more from the peer after close (tcp_rcv_state_process → reset).
+            tcp_state::CLOSE if f.has(fact::ORPHAN) => {
+                if f.has(fact::TRIGGER_PAYLOAD) || f.has(fact::TRIGGER_FIN) {
+                    Cause::DataAfterClose
+                } else {
+                    Cause::FinWait2Abort
+                }
+            }
+            _ => Cause::InvalidSegment,
+        };
     }
-    if f.state == tcp_state::CLOSE {
-        if f.has(fact::UNREAD_DATA) {
-            return Cause::CloseWithUnreadData;
-        }
-        if f.has(fact::ORPHAN) {
-            return Cause::ListenerClosed;
-        }
-        if f.has(fact::LINGER_ZERO) {
-            return if f.has(fact::UNSENT_DATA)
-                && matches!(f.prior_state, tcp_state::CLOSING | tcp_state::LAST_ACK)
-            {
+    match f.state {
+        // Orphaned before the reset: the state the application's close() had reached says why.
+        tcp_state::CLOSE if f.has(fact::ORPHAN) => match f.prior_state {
+            // close() in FIN_WAIT2 with linger2 < 0.
+            tcp_state::FIN_WAIT2 => Cause::FinWait2Abort,
+            // close() had sent its FIN when tcp_check_oom() found too many orphans.
+            tcp_state::FIN_WAIT1 | tcp_state::CLOSING | tcp_state::LAST_ACK => Cause::MemoryPressure,
+            // Never accepted: the listener went away (inet_csk_listen_stop).
+            _ => Cause::ListenerClosed,
+        },
+        tcp_state::CLOSE if f.has(fact::UNREAD_DATA) => Cause::CloseWithUnreadData,
+        tcp_state::CLOSE if f.has(fact::LINGER_ZERO) => {
+            if f.has(fact::UNSENT_DATA) && matches!(f.prior_state, tcp_state::CLOSING | tcp_state::LAST_ACK) {
                 Cause::DisconnectWithUnsentData
             } else {
                 Cause::LingerZeroClose
-            };
+            }
         }
+        // Timers and tcp_abort() reset without moving to CLOSE first; unanswered keepalive
+        // probes say which one it was.
+        tcp_state::FIN_WAIT2 if f.has(fact::ORPHAN) => Cause::FinWait2Abort,
+        // An orphan's retransmission timer found too many orphans (tcp_out_of_resources).
+        tcp_state::FIN_WAIT1 | tcp_state::CLOSING | tcp_state::LAST_ACK if f.has(fact::ORPHAN) => {
+            Cause::MemoryPressure
+        }
+        tcp_state::CLOSE => Cause::Other,
+        _ if f.has_extra(extra_fact::PROBES_UNANSWERED) => Cause::KeepaliveTimeout,
+        _ if f.has(fact::FULL_SOCKET) => Cause::AdminAbort,
+        _ => Cause::Other,
     }
-    Cause::Other
 }
 
 fn classify_received(f: &ResetFacts) -> Cause {
@@ -237,11 +273,11 @@ mod tests {
     use tcp_state::*;
 
     fn sent(reason: RstReason, state: u8, prior_state: u8, facts: u16) -> ResetFacts {
-        ResetFacts { direction: Direction::Sent, reason: Some(reason), state, prior_state, facts }
+        ResetFacts { direction: Direction::Sent, reason: Some(reason), state, prior_state, facts, extra_facts: 0 }
     }
 
     fn received(state: u8, facts: u16) -> ResetFacts {
-        ResetFacts { direction: Direction::Received, reason: None, state, prior_state: 0, facts }
+        ResetFacts { direction: Direction::Received, reason: None, state, prior_state: 0, facts, extra_facts: 0 }
     }
 
     const FULL: u16 = FULL_SOCKET;
@@ -271,7 +307,8 @@ mod tests {
             ("7a accept queue overflow", sent(InvalidSyn, LISTEN, 0, TRIGGER | TRIGGER_ACK), Cause::AcceptQueueOverflow),
             ("bad SYN to a request socket", sent(InvalidSyn, LISTEN, 0, TRIGGER | TRIGGER_SYN), Cause::InvalidSegment),
             ("9a keepalive timeout", sent(KeepaliveTimeout, ESTABLISHED, 0, FULL | IDLE_BEFORE_SEND), Cause::KeepaliveTimeout),
-            ("11g tcp_check_oom", sent(AbortOnMemory, CLOSE, ESTABLISHED, FULL), Cause::MemoryPressure),
+            ("11g tcp_check_oom at close()", sent(AbortOnMemory, CLOSE, FIN_WAIT1, FULL | ORPHAN), Cause::MemoryPressure),
+            ("11g tcp_check_oom on an orphan's timer", sent(AbortOnMemory, FIN_WAIT1, 0, FULL | ORPHAN), Cause::MemoryPressure),
             ("11e1 linger2 -1 close in FIN_WAIT2", sent(AbortOnLinger, CLOSE, FIN_WAIT2, FULL), Cause::FinWait2Abort),
             ("11d LAST_ACK with unsent data", sent(DisconnectWithData, CLOSE, LAST_ACK, FULL | LINGER_ZERO | UNSENT_DATA), Cause::DisconnectWithUnsentData),
             ("10b reconnect into TIME_WAIT", sent(InvalidAckSequence, SYN_SENT, 0, TRIGGER | TRIGGER_ACK | FULL), Cause::InvalidSegment),
@@ -279,7 +316,7 @@ mod tests {
             ("old ACK to a child", sent(TooOldAck, SYN_RECV, 0, TRIGGER | TRIGGER_ACK), Cause::InvalidSegment),
             ("ACK of unsent data", sent(AckUnsentData, SYN_RECV, 0, TRIGGER | TRIGGER_ACK), Cause::InvalidSegment),
             ("old ACK", sent(OldAck, SYN_RECV, 0, TRIGGER | TRIGGER_ACK), Cause::InvalidSegment),
-            ("not specified", sent(NotSpecified, ESTABLISHED, 0, FULL), Cause::Other),
+            ("not specified: the socket decides", sent(NotSpecified, ESTABLISHED, 0, FULL), Cause::AdminAbort),
             ("MPTCP", sent(Other, ESTABLISHED, 0, FULL), Cause::Other),
         ];
         for (scenario, facts, expected) in table {
@@ -309,27 +346,54 @@ mod tests {
         }
     }
 
+    /// The same scenarios on a kernel without `reason` (Debian 6.1, measured under qemu by
+    /// `cargo xtask vm-test`): the facts there, and the cause they must still give.
     #[test]
     fn sent_resets_without_a_reason_fall_back_on_the_socket() {
-        let none = |state, prior, facts| ResetFacts {
+        let none = |state, prior, facts, extra_facts| ResetFacts {
             direction: Direction::Sent,
             reason: None,
             state,
             prior_state: prior,
             facts,
+            extra_facts,
         };
+        use rstwatch_common::extra_fact::*;
         let table: &[(&str, ResetFacts, Cause)] = &[
-            ("unread", none(CLOSE, ESTABLISHED, FULL | UNREAD_DATA), Cause::CloseWithUnreadData),
-            ("listener closed", none(CLOSE, ESTABLISHED, FULL | ORPHAN), Cause::ListenerClosed),
-            ("linger 0", none(CLOSE, ESTABLISHED, FULL | LINGER_ZERO), Cause::LingerZeroClose),
-            ("linger 0 in LAST_ACK", none(CLOSE, LAST_ACK, FULL | LINGER_ZERO | UNSENT_DATA), Cause::DisconnectWithUnsentData),
-            ("listener ACK", none(LISTEN, 0, TRIGGER | TRIGGER_ACK), Cause::UnknownConnection),
-            ("time-wait data", none(TIME_WAIT, 0, TRIGGER | TRIGGER_ACK | TW_FIN_WAIT2), Cause::DataAfterClose),
-            ("unknown", none(ESTABLISHED, 0, FULL), Cause::Other),
+            ("1 SYN to a closed port (kprobe)", none(0, 0, TRIGGER | TRIGGER_SYN, FROM_KPROBE), Cause::NoListener),
+            ("6b data to a vanished socket (kprobe)", none(0, 0, TRIGGER | TRIGGER_ACK | TRIGGER_PAYLOAD, FROM_KPROBE), Cause::UnknownConnection),
+            ("TFO: data on a SYN-ACK'd child that is gone (kprobe)", none(0, 0, TRIGGER | TRIGGER_ACK, FROM_KPROBE), Cause::UnknownConnection),
+            ("5a stale keep-alive into FIN_WAIT2 time-wait (kprobe)", none(TIME_WAIT, 0, TRIGGER | TRIGGER_ACK | TRIGGER_PAYLOAD | TW_FIN_WAIT2, FROM_KPROBE), Cause::DataAfterClose),
+            ("SYN into a FIN_WAIT2 time-wait (kprobe)", none(TIME_WAIT, 0, TRIGGER | TRIGGER_SYN | TW_FIN_WAIT2, FROM_KPROBE), Cause::TimewaitSegment),
+            ("segment into a real TIME_WAIT (kprobe)", none(TIME_WAIT, 0, TRIGGER | TRIGGER_ACK, FROM_KPROBE), Cause::TimewaitSegment),
+            ("6a data at a listener", none(LISTEN, 0, TRIGGER | TRIGGER_ACK | TRIGGER_PAYLOAD, 0), Cause::UnknownConnection),
+            ("7a accept queue overflow: bare ACK at the listener", none(LISTEN, 0, TRIGGER | TRIGGER_ACK, 0), Cause::AcceptQueueOverflow),
+            ("bad SYN at a listener", none(LISTEN, 0, TRIGGER | TRIGGER_SYN, 0), Cause::InvalidSegment),
+            ("10b reconnect into TIME_WAIT", none(SYN_SENT, 0, TRIGGER | TRIGGER_ACK | FULL, 0), Cause::InvalidSegment),
+            ("4b data right after close", none(CLOSE, FIN_WAIT1, FULL | ORPHAN | TRIGGER | TRIGGER_ACK | TRIGGER_PAYLOAD, 0), Cause::DataAfterClose),
+            ("4c data into a full FIN_WAIT2 orphan", none(CLOSE, FIN_WAIT2, FULL | ORPHAN | TRIGGER | TRIGGER_ACK | TRIGGER_PAYLOAD, 0), Cause::DataAfterClose),
+            ("11e2 linger2 -1, bare ACK of our FIN", none(CLOSE, FIN_WAIT1, FULL | ORPHAN | TRIGGER | TRIGGER_ACK, 0), Cause::FinWait2Abort),
+            ("3a unread", none(CLOSE, ESTABLISHED, FULL | UNREAD_DATA, 0), Cause::CloseWithUnreadData),
+            ("14 listener closed", none(CLOSE, ESTABLISHED, FULL | ORPHAN, 0), Cause::ListenerClosed),
+            ("14 listener closed, child with an unread request", none(CLOSE, ESTABLISHED, FULL | ORPHAN | UNREAD_DATA, 0), Cause::ListenerClosed),
+            ("11e1 linger2 -1 close in FIN_WAIT2", none(CLOSE, FIN_WAIT2, FULL | ORPHAN, 0), Cause::FinWait2Abort),
+            ("2 linger 0", none(CLOSE, ESTABLISHED, FULL | LINGER_ZERO, 0), Cause::LingerZeroClose),
+            ("11d linger 0 in LAST_ACK", none(CLOSE, LAST_ACK, FULL | LINGER_ZERO | UNSENT_DATA, 0), Cause::DisconnectWithUnsentData),
+            ("9a keepalive timeout", none(ESTABLISHED, 0, FULL, PROBES_UNANSWERED), Cause::KeepaliveTimeout),
+            ("11f ss -K", none(ESTABLISHED, 0, FULL, 0), Cause::AdminAbort),
+            ("orphan FIN_WAIT2 timer", none(FIN_WAIT2, 0, FULL | ORPHAN, 0), Cause::FinWait2Abort),
+            ("11g close() with too many orphans", none(CLOSE, FIN_WAIT1, FULL | ORPHAN, 0), Cause::MemoryPressure),
+            ("11g close() in CLOSE_WAIT with too many orphans", none(CLOSE, LAST_ACK, FULL | ORPHAN, 0), Cause::MemoryPressure),
+            ("11g orphan's retransmit timer, too many orphans", none(FIN_WAIT1, 0, FULL | ORPHAN, 0), Cause::MemoryPressure),
+            ("connect(AF_UNSPEC)", none(CLOSE, ESTABLISHED, FULL, 0), Cause::Other),
+            ("no socket, no segment", none(0, 0, 0, 0), Cause::Other),
         ];
         for (scenario, facts, expected) in table {
             assert_eq!(classify(facts), *expected, "{scenario}: {facts:?}");
         }
+        // 6.10 and 6.11 report NOT_SPECIFIED for active resets: the same fallback applies.
+        let unspecified = ResetFacts { reason: Some(NotSpecified), ..none(ESTABLISHED, 0, FULL, PROBES_UNANSWERED) };
+        assert_eq!(classify(&unspecified), Cause::KeepaliveTimeout);
     }
 
     #[test]

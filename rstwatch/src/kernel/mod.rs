@@ -267,6 +267,7 @@ const BTF_FIELDS: &[(&str, Slot, &str, &[&str], u32)] = &[
     ("tcp_lsndtime", |c| &mut c.tcp_lsndtime, "tcp_sock", &["lsndtime"], 4),
     ("tcp_rcv_tstamp", |c| &mut c.tcp_rcv_tstamp, "tcp_sock", &["rcv_tstamp"], 4),
     ("icsk_lrcvtime", |c| &mut c.icsk_lrcvtime, "tcp_sock", &["inet_conn.icsk_ack.lrcvtime"], 4),
+    ("icsk_probes_out", |c| &mut c.icsk_probes_out, "tcp_sock", &["inet_conn.icsk_probes_out"], 1),
     ("tw_substate", |c| &mut c.tw_substate, "inet_timewait_sock", &["tw_substate"], 1),
     ("skb_data", |c| &mut c.skb_data, "sk_buff", &["data"], PTR),
     ("skb_len", |c| &mut c.skb_len, "sk_buff", &["len"], 4),
