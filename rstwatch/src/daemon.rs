@@ -17,7 +17,7 @@ use rstwatch_common::{CountKey, ErrorKey};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    attribution,
+    attribution, compat,
     counts::{self, Classifier, Labels},
     causes::Cause,
     events::{self, Observation},
@@ -111,8 +111,15 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
 
     let session = Session::open(&options.kernel, kubernetes)?;
     let metrics = Metrics::new(&session.layout.release, kubernetes)?;
-    for (probe, attached) in &session.probes.attached {
-        metrics.set_probe_attached(probe, *attached);
+    for (probe, how) in &session.probes.status {
+        match how {
+            compat::ProbeStatus::Attached(_) => metrics.set_probe_attached(probe, true),
+            compat::ProbeStatus::Missing(_) => metrics.set_probe_attached(probe, false),
+            compat::ProbeStatus::NotNeeded(_) => {}
+        }
+    }
+    for (direction, cause, visibility) in session.probes.coverage.table() {
+        metrics.set_cause_observable(direction, cause, visibility == compat::Visibility::Seen);
     }
     for (map, capacity) in &session.capacities {
         metrics.set_map_capacity(map, *capacity);

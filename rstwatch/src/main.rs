@@ -3,6 +3,7 @@
 mod attribution;
 mod causes;
 mod classify;
+mod compat;
 mod counts;
 mod daemon;
 mod events;
@@ -207,8 +208,41 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("rstwatch: error: {err:#}");
+            eprintln!("rstwatch: error: {}", error_line(&err));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The error and its causes on one line, like `{err:#}`, but without a cause that only repeats
+/// what the one before already said (some library errors print their source in their own text).
+fn error_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain().map(|c| c.to_string()) {
+        if !line.is_empty() && line.ends_with(&cause) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&cause);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_line_drops_causes_that_only_repeat() {
+        let io = std::io::Error::from_raw_os_error(2);
+        let err = anyhow::Error::new(io)
+            .context("i/o error: No such file or directory (os error 2)")
+            .context("reading BTF /sys/kernel/btf/vmlinux");
+        assert_eq!(
+            super::error_line(&err),
+            "reading BTF /sys/kernel/btf/vmlinux: i/o error: No such file or directory (os error 2)"
+        );
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(super::error_line(&plain), "outer: inner");
     }
 }

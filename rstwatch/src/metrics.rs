@@ -8,7 +8,7 @@ use prometheus::{
 };
 
 use crate::{
-    causes::{CAUSES, Cause},
+    causes::{CAUSES, Cause, Direction},
     counts::{ErrorLabels, LOST_STAGES, OTHER, Overflow, PROBE_SKIPPED, SeriesLabels},
     events::Reset,
 };
@@ -23,6 +23,7 @@ pub struct Metrics {
     age: HistogramVec,
     lost: IntCounterVec,
     probe_attached: IntGaugeVec,
+    cause_observable: IntGaugeVec,
     rate_limited: IntCounterVec,
     socket_errors: IntCounterVec,
     label_overflow: IntCounterVec,
@@ -67,6 +68,10 @@ impl Metrics {
             Opts::new("rstwatch_probe_attached", "1 if the probe is attached on this kernel, 0 if not: what this node can see."),
             &["probe"],
         )?;
+        let cause_observable = IntGaugeVec::new(
+            Opts::new("rstwatch_cause_observable", "1 if every reset of this cause is counted under it on this node's kernel, 0 if some or all are missed or counted under another cause (see the start-up log and README \"Kernel compatibility\")."),
+            &["direction", "cause"],
+        )?;
         let rate_limited = IntCounterVec::new(
             Opts::new("rstwatch_events_rate_limited_total", "Events not written to --events because their cause exceeded --events-rate-limit per second (still counted in rstwatch_resets_total)."),
             &["cause"],
@@ -97,7 +102,7 @@ impl Metrics {
         for collector in [&idle, &age] {
             registry.register(Box::new(collector.clone()))?;
         }
-        for collector in [&probe_attached, &build_info, &map_entries, &map_capacity] {
+        for collector in [&probe_attached, &cause_observable, &build_info, &map_entries, &map_capacity] {
             registry.register(Box::new(collector.clone()))?;
         }
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), kernel_release]).set(1);
@@ -132,6 +137,7 @@ impl Metrics {
             age,
             lost,
             probe_attached,
+            cause_observable,
             rate_limited,
             socket_errors,
             label_overflow,
@@ -143,6 +149,10 @@ impl Metrics {
 
     pub fn set_probe_attached(&self, probe: &str, attached: bool) {
         self.probe_attached.with_label_values(&[probe]).set(attached as i64);
+    }
+
+    pub fn set_cause_observable(&self, direction: Direction, cause: Cause, observable: bool) {
+        self.cause_observable.with_label_values(&[direction.label(), cause.label()]).set(observable as i64);
     }
 
     pub fn set_map_capacity(&self, map: &str, capacity: u32) {

@@ -3,12 +3,13 @@
 use anyhow::{Context as _, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    programs::{BtfTracePoint, ProgramFd, TracePoint},
+    programs::{BtfTracePoint, KProbe, ProgramFd, TracePoint},
 };
 use log::{info, warn};
 
 use rstwatch_common::{ABSENT, Config};
 
+use crate::compat::{self, Coverage, ProbeStatus};
 use crate::kernel::KernelLayout;
 
 /// One hook of the object and the tracepoint it belongs on, as a BTF tracepoint (tp_btf, cheaper:
@@ -83,10 +84,19 @@ pub enum ProgramType {
     Tracepoint,
 }
 
+/// kprobes that stand in for `tcp_send_reset` where its tracepoint skips resets sent without a
+/// full socket (before 6.10): (probe name = kernel function, program).
+pub const KPROBES: [(&str, &str); 2] = [
+    ("tcp_v4_send_reset", "rstwatch_v4_send_reset_kprobe"),
+    ("tcp_v6_send_reset", "rstwatch_v6_send_reset_kprobe"),
+];
+
 pub struct Probes {
     pub ebpf: Ebpf,
-    /// (probe name, attached) for every entry of PROBES.
-    pub attached: Vec<(&'static str, bool)>,
+    /// Every probe (PROBES, then KPROBES): how it is attached, or why it is not.
+    pub status: Vec<(&'static str, ProbeStatus)>,
+    /// What the attached probes let this node see (`compat`).
+    pub coverage: Coverage,
     /// Descriptors of the attached reset programs, to read how often the kernel skipped them.
     pub reset_programs: Vec<ProgramFd>,
 }
@@ -112,12 +122,12 @@ pub fn load_and_attach(
             .ok(),
         ProgramType::Tracepoint => None,
     };
-    let mut attached = Vec::new();
-    let mut kinds = Vec::new();
+    let mut status: Vec<(&'static str, ProbeStatus)> = Vec::new();
     let mut reset_programs = Vec::new();
     for spec in PROBES {
         if !(spec.usable)(&layout.config) {
-            attached.push((spec.name, false));
+            let why = format!("this kernel's {}:{} lacks a field rstwatch reads", spec.category, spec.event);
+            status.push((spec.name, ProbeStatus::Missing(why)));
             continue;
         }
         let btf_ok = btf.as_ref().filter(|_| layout.btf_tracepoints.contains_key(spec.event));
@@ -131,26 +141,64 @@ pub fn load_and_attach(
         };
         match result {
             Ok(program) => {
-                attached.push((spec.name, true));
-                kinds.push(format!("{}={}", spec.name, if program == spec.btf_program { "tp_btf" } else { "tracepoint" }));
+                let kind = if program == spec.btf_program { "tp_btf" } else { "tracepoint" };
+                status.push((spec.name, ProbeStatus::Attached(kind)));
                 if spec.required {
                     reset_programs.push(program_fd(&ebpf, program)?);
                 }
             }
             Err(err) if !spec.required => {
                 warn!("{}:{} not attached, rstwatch will know less: {err:#}", spec.category, spec.event);
-                attached.push((spec.name, false));
+                status.push((spec.name, ProbeStatus::Missing(format!("{err:#}"))));
             }
             Err(err) => return Err(err),
         }
     }
-    let missing: Vec<_> = attached.iter().filter(|(_, ok)| !ok).map(|(name, _)| *name).collect();
-    info!(
-        "attached: {}{}",
-        kinds.join(" "),
-        if missing.is_empty() { String::new() } else { format!("; not attached: {}", missing.join(" ")) }
-    );
-    Ok(Probes { ebpf, attached, reset_programs })
+    for (function, program) in KPROBES {
+        if layout.send_reset_has_reason {
+            status.push((function, ProbeStatus::NotNeeded("tcp_send_reset sees resets without a socket (6.10+)")));
+            continue;
+        }
+        match attach_kprobe(&mut ebpf, function, program) {
+            Ok(()) => {
+                status.push((function, ProbeStatus::Attached("kprobe")));
+                reset_programs.push(program_fd(&ebpf, program)?);
+            }
+            Err(err) => status.push((function, ProbeStatus::Missing(format!("{err:#}")))),
+        }
+    }
+    let coverage = Coverage {
+        attached: status
+            .iter()
+            .filter(|(_, how)| matches!(how, ProbeStatus::Attached(_)))
+            .map(|(probe, _)| *probe)
+            .collect(),
+        reasons: if layout.send_reset_has_reason {
+            layout.reason_names.values().map(|name| crate::classify::RstReason::from_name(name)).collect()
+        } else {
+            Default::default()
+        },
+    };
+    info!("{}", compat::summary(&layout.release, &status, &coverage));
+    Ok(Probes { ebpf, status, coverage, reset_programs })
+}
+
+/// A kprobe, where the kernel has them (CONFIG_KPROBES) and lets this process use them.
+fn attach_kprobe(ebpf: &mut Ebpf, function: &str, program: &str) -> anyhow::Result<()> {
+    let Some(prog) = ebpf.program_mut(program) else {
+        bail!("program {program} missing from the eBPF object (build problem)");
+    };
+    let prog: &mut KProbe = prog.try_into()?;
+    prog.load().context("loading the kprobe program")?;
+    prog.attach(function, 0).with_context(|| {
+        let kprobes = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists();
+        if kprobes {
+            format!("attaching a kprobe to {function}")
+        } else {
+            format!("attaching a kprobe to {function}: this kernel has no kprobes (CONFIG_KPROBES)")
+        }
+    })?;
+    Ok(())
 }
 
 fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec) -> anyhow::Result<()> {
