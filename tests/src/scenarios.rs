@@ -99,6 +99,26 @@ pub struct Scenario {
     pub run: ScenarioFn,
 }
 
+/// Set when the runner owns the whole kernel (the `cargo xtask vm-test` VMs): only then do the
+/// scenarios that change global sysctls run (see `owning_the_kernel`).
+pub const OWNS_KERNEL_ENV: &str = "RSTWATCH_OWNS_KERNEL";
+
+pub fn owning_the_kernel() -> bool {
+    std::env::var_os(OWNS_KERNEL_ENV).is_some_and(|v| v == "1")
+}
+
+/// Scenarios that need a global (not per-netns) sysctl, which would disturb every other
+/// connection of a shared machine: they run only where the runner owns the kernel.
+pub fn kernel_owning() -> Vec<Scenario> {
+    vec![Scenario {
+        name: "memory_pressure",
+        port: port_base() + 21,
+        about: "(11g) too many orphans (global net.ipv4.tcp_max_orphans = 0): the kernel resets an orphan",
+        sysctls: &[],
+        run: memory_pressure,
+    }]
+}
+
 /// First ports of the bands of 100 ports the scenarios can use; each test process takes the first
 /// band no other process holds (an exclusive `flock` on a lock file per band, held until exit).
 pub const PORT_BANDS: &[u16] = &[21200, 21300, 21400, 21500, 21600, 21700, 21800];
@@ -310,8 +330,17 @@ pub fn all() -> Vec<Scenario> {
     ]
 }
 
+/// `all()`, plus the kernel-owning scenarios where the runner owns the kernel.
+pub fn runnable() -> Vec<Scenario> {
+    let mut list = all();
+    if owning_the_kernel() {
+        list.extend(kernel_owning());
+    }
+    list
+}
+
 pub fn find(name: &str) -> Option<Scenario> {
-    all().into_iter().find(|s| s.name == name)
+    all().into_iter().chain(kernel_owning()).find(|s| s.name == name)
 }
 
 pub fn refused_many_n() -> u64 {
@@ -324,6 +353,13 @@ pub fn refused_many_n() -> u64 {
 /// Run a scenario inside `ns` (setting its sysctls there first), measuring the namespace's
 /// `Tcp: OutRsts` over it, and check that the kernel sent exactly the resets the scenario expects.
 pub fn run_in(ns: &NetNs, scn: &Scenario) -> Result<Outcome> {
+    if kernel_owning().iter().any(|s| s.name == scn.name) && !owning_the_kernel() {
+        bail!(
+            "scenario {} changes a global sysctl; it runs only where the runner owns the kernel \
+             ({OWNS_KERNEL_ENV}=1, set inside the cargo xtask vm-test VMs)",
+            scn.name
+        );
+    }
     ns.run(|| -> Result<Outcome> {
         for (k, v) in scn.sysctls {
             netns::write_sysctl(k, v)?;
@@ -1073,4 +1109,46 @@ pub fn fastopen_child_reset(port: u16) -> Result<Outcome> {
         "child reset {waited:?} after the SYN; child read the SYN's {n} bytes, then {after_data}"
     ));
     Ok(o)
+}
+
+/// (11g) TCP_ABORT_ON_MEMORY. Needs `net.ipv4.tcp_max_orphans` = 0, a global sysctl: run only in a
+/// VM (`cargo xtask vm-test`). The server writes to a client that drops everything (so its data
+/// stays unacknowledged) and closes: the socket becomes an orphan in FIN_WAIT1, and the orphan
+/// count now exceeds the limit, so the kernel resets it, either in close() or on the orphan's
+/// next retransmission (tcp_out_of_resources); which one depends on when the kernel last
+/// refreshed its orphan count. The client's filter drops the RST.
+pub fn memory_pressure(port: u16) -> Result<Outcome> {
+    const KEY: &str = "net/ipv4/tcp_max_orphans";
+    let (l, c, mut s) = established_pair(false, port)?;
+    let (sport, cport) = (port, local_port(&c)?);
+    attach_drop_all_filter(&c)?;
+    let saved = host_sysctl(KEY, None)?;
+    let result = (|| -> Result<()> {
+        host_sysctl(KEY, Some("0"))?;
+        s.write_all(&[b'x'; 1000])?;
+        drop(s);
+        wait_proc_gone(sport, cport, T).context("the orphan was never reset")
+    })();
+    host_sysctl(KEY, Some(&saved))?;
+    result?;
+    vanish(c)?; // still ESTABLISHED: its filter dropped the data, the FIN and the RST
+    drop(l);
+    let mut o = Outcome::new(port, vec![sent("memory_pressure", Some("fin_wait1"), 1)]);
+    o.note(format!("orphan reset with tcp_max_orphans=0 (restored to {saved})"));
+    Ok(o)
+}
+
+/// Read (and with `value`, write) a sysctl of the initial network namespace: global ones like
+/// tcp_max_orphans exist only there. A thread of its own, because this one is in the test's netns.
+fn host_sysctl(key: &'static str, value: Option<&str>) -> Result<String> {
+    let value = value.map(str::to_string);
+    std::thread::spawn(move || -> Result<String> {
+        netns::enter("/proc/1/ns/net")?;
+        if let Some(v) = value {
+            netns::write_sysctl(key, &v)?;
+        }
+        netns::read_sysctl(key)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("sysctl thread panicked"))?
 }

@@ -3,6 +3,7 @@
 
 mod bench;
 mod setup;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -39,6 +40,9 @@ enum Task {
     /// Reset-storm benchmark: storm rate and CPU bare, with rstwatch and with bpftrace, daemon
     /// CPU/RSS, per-program BPF cost and exact counts (see README "Performance").
     Bench(bench::Options),
+    /// The reset scenarios on Debian's 6.1 and 6.12 kernels under qemu and on the host kernel:
+    /// which probes attached, and per scenario the cause rstwatch reported vs the expected one.
+    VmTest(vm::Options),
 }
 
 fn main() -> ExitCode {
@@ -81,9 +85,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let classic = ["test", "--release", "--no-fail-fast", "-p", "rstwatch-tests", "--test", "resets", "--test", "attribution"];
             let mut command = cargo_command(&root, &classic, &args);
             command.env("RSTWATCH_BIN", &binary).env("RSTWATCH_DAEMON_ARGS", "--program-type tracepoint");
-            check(&mut command)
+            check(&mut command)?;
+            // Older kernels: the same scenarios on Debian's 6.1 and 6.12 under qemu.
+            let kernels = std::env::var("RSTWATCH_VM_KERNELS").unwrap_or_else(|_| "6.1,6.12".into());
+            if kernels == "none" {
+                setup::say("RSTWATCH_VM_KERNELS=none: skipping the other kernels (cargo xtask vm-test)");
+                return Ok(());
+            }
+            setup::say(&format!("reset scenarios on other kernels under qemu: {kernels}"));
+            vm::run(&root, vm::Options::for_kernels(&kernels))
         }
         Task::Bench(options) => bench::run(&root, options),
+        Task::VmTest(options) => vm::run(&root, options),
     }
 }
 
@@ -107,7 +120,7 @@ fn cargo_command(root: &Path, args: &[&str], extra: &[String]) -> Command {
     command
 }
 
-fn cargo(root: &Path, args: &[&str], extra: &[String]) -> anyhow::Result<()> {
+pub fn cargo(root: &Path, args: &[&str], extra: &[String]) -> anyhow::Result<()> {
     check(&mut cargo_command(root, args, extra))
 }
 

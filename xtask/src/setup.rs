@@ -83,7 +83,7 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     if !is_root() {
         bail!("missing Debian packages {packages:?}: run as root, or install them with apt-get");
     }
@@ -94,12 +94,12 @@ fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     run("apt-get", &args)
 }
 
-fn dpkg_installed(package: &str) -> bool {
+pub fn dpkg_installed(package: &str) -> bool {
     output("dpkg-query", &["-W", "-f=${Status}", package])
         .is_ok_and(|status| status.contains("install ok installed"))
 }
 
-fn on_path(tool: &str) -> bool {
+pub fn on_path(tool: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
         .stdout(Stdio::null())
@@ -120,7 +120,7 @@ pub fn path_with_cargo_bin() -> OsString {
     std::env::join_paths(paths).unwrap_or_default()
 }
 
-fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+pub fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
     let status = Command::new(program)
         .args(args)
         .env("DEBIAN_FRONTEND", "noninteractive")
@@ -132,7 +132,7 @@ fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn output(program: &str, args: &[&str]) -> anyhow::Result<String> {
+pub fn output(program: &str, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new(program).args(args).output().with_context(|| format!("starting {program}"))?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -12,6 +12,9 @@
 //!   /metrics deltas, like the tests do;
 //! - `--metrics HOST:PORT`: compares against an rstwatch that is already running there
 //!   (it must run with `--idle-threshold 1s` for the idle scenario).
+//! - `--report`: like `--check`, and prints one machine-readable `RSTW ...` line per probe,
+//!   blind spot and scenario (verdict ok / blind / FAIL; see `check::Verdict`), which
+//!   `cargo xtask vm-test` reads from each kernel's console. Exit 1 on any FAIL.
 //!
 //! `RSTW_N` sets N for `refused_many` (default 2000).
 
@@ -38,12 +41,16 @@ fn main() -> Result<()> {
     let mut check_daemon = false;
     let mut external: Option<SocketAddr> = None;
     let mut keep_going = false;
+    let mut report = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--list" | "-l" => {
                 for s in scenarios::all() {
                     println!("{:<22} port {}  {}", s.name, s.port, s.about);
+                }
+                for s in scenarios::kernel_owning() {
+                    println!("{:<22} port {}  {} [only with {}=1]", s.name, s.port, s.about, scenarios::OWNS_KERNEL_ENV);
                 }
                 return Ok(());
             }
@@ -55,6 +62,10 @@ fn main() -> Result<()> {
                     .context("--repeat")?
             }
             "--check" => check_daemon = true,
+            "--report" => {
+                report = true;
+                check_daemon = true;
+            }
             "--metrics" => {
                 external = Some(
                     args.next()
@@ -76,7 +87,7 @@ fn main() -> Result<()> {
         bail!("scenarios need root (network namespaces, TCP_REPAIR)");
     }
     let list: Vec<_> = if names.iter().any(|n| n == "all") {
-        scenarios::all()
+        scenarios::runnable()
     } else {
         names
             .iter()
@@ -106,6 +117,11 @@ fn main() -> Result<()> {
     } else {
         None
     };
+
+    if report {
+        let d = d.expect("--report starts the daemon");
+        return report_all(d, &list);
+    }
 
     let mut passed = 0u64;
     let mut failed = 0u64;
@@ -163,6 +179,46 @@ fn main() -> Result<()> {
         }
     }
     println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// `--report`: what the daemon says it can see here, then each scenario's verdict.
+fn report_all(d: &Daemon, list: &[scenarios::Scenario]) -> Result<()> {
+    let first = d.scrape().context("first scrape of the daemon")?;
+    println!("RSTW kernel {}", std::fs::read_to_string("/proc/sys/kernel/osrelease")?.trim());
+    for ((name, labels), value) in &first.samples {
+        let label = |key: &str| labels.iter().find(|(k, _)| k == key).map_or("", |(_, v)| v.as_str());
+        if name == "rstwatch_probe_attached" {
+            println!("RSTW probe {} {}", label("probe"), *value as i64);
+        } else if name == "rstwatch_cause_observable" && *value == 0.0 {
+            println!("RSTW blind {}/{}", label("direction"), label("cause"));
+        }
+    }
+    let mut failed = 0;
+    for scn in list {
+        let ns = NetNs::new()?;
+        match check::compare(d, &ns, scn) {
+            Ok(compared) => {
+                let verdict = compared.verdict();
+                let (expected, got) = compared.expected_and_got();
+                println!("RSTW scenario {} {} expected={expected} got={got}", scn.name, verdict.label());
+                if verdict != check::Verdict::Ok {
+                    println!("{}", compared.message);
+                }
+                failed += (verdict == check::Verdict::Fail) as u32;
+            }
+            Err(e) => {
+                let first_line = format!("{e:#}").lines().next().unwrap_or_default().to_string();
+                println!("RSTW scenario {} FAIL error={first_line}", scn.name);
+                println!("{e:#}");
+                failed += 1;
+            }
+        }
+    }
+    println!("RSTW done failed={failed}");
     if failed > 0 {
         std::process::exit(1);
     }
