@@ -113,7 +113,7 @@ pub fn load_and_attach(
         .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rstwatch")))
         .map_err(|err| {
             let err = anyhow::Error::new(err).context("loading the eBPF programs into the kernel");
-            explain_eperm(err, "loading eBPF programs", &[CAP_BPF, CAP_PERFMON])
+            explain_enosys(explain_eperm(err, "loading eBPF programs", &[CAP_BPF, CAP_PERFMON]))
         })?;
 
     let btf = match program_type {
@@ -134,7 +134,10 @@ pub fn load_and_attach(
         let result = match btf_ok.map(|btf| attach_btf(&mut ebpf, spec, btf)) {
             Some(Ok(())) => Ok(spec.btf_program),
             Some(Err(err)) => {
-                warn!("{}: BTF tracepoint refused ({err:#}); using the classic tracepoint", spec.event);
+                // The verifier's log is long: its first line here, all of it at debug level.
+                let text = format!("{err:#}");
+                warn!("{}: BTF tracepoint refused ({}); using the classic tracepoint", spec.event, text.lines().next().unwrap_or_default());
+                log::debug!("{}: BTF tracepoint refused: {text}", spec.event);
                 attach(&mut ebpf, spec).map(|()| spec.program)
             }
             None => attach(&mut ebpf, spec).map(|()| spec.program),
@@ -280,6 +283,25 @@ impl Privileges {
     pub fn missing(&self, wanted: &[Capability]) -> Vec<&'static str> {
         wanted.iter().filter(|cap| !self.has(**cap)).map(|(_, name)| *name).collect()
     }
+}
+
+/// ENOSYS from bpf(2): a kernel built without BPF, or a seccomp filter that hides the call.
+pub fn explain_enosys(err: anyhow::Error) -> anyhow::Error {
+    let enosys = err
+        .chain()
+        .any(|cause| cause.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error) == Some(libc::ENOSYS));
+    if !enosys {
+        return err;
+    }
+    let seccomp = if Privileges::current().seccomp_filter {
+        "; this process runs under a seccomp filter, which may be what hides it (see deploy/README.md)"
+    } else {
+        ""
+    };
+    err.context(format!(
+        "this kernel offers no BPF: the bpf() system call is not implemented; rstwatch needs a kernel built \
+         with CONFIG_BPF_SYSCALL=y{seccomp}"
+    ))
 }
 
 /// An EPERM from the kernel says nothing about why; say which capability is missing. Other

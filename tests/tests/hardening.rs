@@ -312,6 +312,48 @@ fn btf_missing_names_btf_and_the_kernel_option() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A kernel without BPF, as the daemon sees it: bpf(2) fails with ENOSYS (here a seccomp filter
+/// makes it so for the daemon alone).
+#[test]
+fn kernel_without_bpf_is_named() {
+    root();
+    let mut cmd = Command::new(bin());
+    cmd.args(["run", "--metrics-addr", &format!("127.0.0.1:{}", free_port())]);
+    // SAFETY: only prctl(2) between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || deny_bpf_syscall());
+    }
+    let outcome = run_bounded(&mut cmd, Duration::from_secs(30));
+    let line = one_error("bpf() not implemented", &outcome, 1);
+    assert_says("no BPF", &line, &["no BPF", "CONFIG_BPF_SYSCALL=y", "seccomp"]);
+}
+
+/// Install a seccomp filter that fails bpf(2) with ENOSYS and allows everything else (x86_64
+/// syscall numbers; the tests run on the machine that built them).
+fn deny_bpf_syscall() -> std::io::Result<()> {
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS: seccomp_data.nr at offset 0
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+    const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
+    let filter = [
+        libc::sock_filter { code: LD_W_ABS, jt: 0, jf: 0, k: 0 },
+        libc::sock_filter { code: JEQ_K, jt: 0, jf: 1, k: libc::SYS_bpf as u32 },
+        libc::sock_filter { code: RET_K, jt: 0, jf: 0, k: SECCOMP_RET_ERRNO | libc::ENOSYS as u32 },
+        libc::sock_filter { code: RET_K, jt: 0, jf: 0, k: SECCOMP_RET_ALLOW },
+    ];
+    let program = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_ptr() as *mut _ };
+    // SAFETY: plain prctl(2) calls with a filter that outlives them.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+            || libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &program as *const _) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn tracefs_missing_and_unmountable() {
     root();
