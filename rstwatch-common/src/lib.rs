@@ -13,6 +13,10 @@ pub const DIRECTION_RECEIVED: u8 = 2;
 /// `CountKey::reason` when the kernel gives no `sk_rst_reason` (before 6.10, and for received resets).
 pub const REASON_NONE: u16 = u16::MAX;
 
+/// Address families as the kernel numbers them (`linux/socket.h`); the eBPF side has no libc.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
 /// `CountKey::state` when the reset had no socket (NO_SOCKET replies).
 pub const STATE_NONE: u8 = 0;
 

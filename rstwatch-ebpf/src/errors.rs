@@ -6,7 +6,7 @@ use aya_ebpf::{
     helpers::generated::bpf_ktime_get_ns,
     programs::{BtfTracePointContext, TracePointContext},
 };
-use rstwatch_common::{ErrorKey, EVENT_SOCKET_ERROR, FlowKey, Owner, SocketErrorEvent};
+use rstwatch_common::{AF_INET, AF_INET6, ErrorKey, EVENT_SOCKET_ERROR, FlowKey, Owner, SocketErrorEvent};
 
 use crate::{
     maps::{REJECTED, count_error, emit_error, last_reset_on},
@@ -14,8 +14,6 @@ use crate::{
     socket,
 };
 
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u8 = 6;
 const ECONNRESET: i32 = 104;
 const EPIPE: i32 = 32;

@@ -1,12 +1,10 @@
 //! The segment a passive reset answers. `skb->data` points at the TCP header on every path that
 //! calls tcp_v4/v6_send_reset; the IP header is at `skb->head + skb->network_header`.
 
-use rstwatch_common::{ResetEvent, fact};
+use rstwatch_common::{AF_INET, AF_INET6, ResetEvent, fact};
 
 use crate::read::{conf, kernel};
 
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;

@@ -1,11 +1,10 @@
 //! Facts read from the socket itself, at BTF offsets. Only full sockets have the `tcp_sock`
 //! fields; time-wait and request sockets share just `sock_common`.
 
-use rstwatch_common::{FlowKey, ResetEvent, event_flag, extra_fact, fact, tcp_state};
+use rstwatch_common::{AF_INET6, FlowKey, ResetEvent, event_flag, extra_fact, fact, tcp_state};
 
 use crate::read::{conf, kernel};
 
-const AF_INET6: u16 = 10;
 
 #[inline(always)]
 pub fn state(sk: u64) -> u8 {

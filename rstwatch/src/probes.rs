@@ -285,12 +285,15 @@ impl Privileges {
     }
 }
 
+/// Whether some cause in the chain is this errno from the kernel.
+fn has_os_error(err: &anyhow::Error, errno: i32) -> bool {
+    err.chain()
+        .any(|cause| cause.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error) == Some(errno))
+}
+
 /// ENOSYS from bpf(2): a kernel built without BPF, or a seccomp filter that hides the call.
 pub fn explain_enosys(err: anyhow::Error) -> anyhow::Error {
-    let enosys = err
-        .chain()
-        .any(|cause| cause.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error) == Some(libc::ENOSYS));
-    if !enosys {
+    if !has_os_error(&err, libc::ENOSYS) {
         return err;
     }
     let seccomp = if Privileges::current().seccomp_filter {
@@ -307,10 +310,7 @@ pub fn explain_enosys(err: anyhow::Error) -> anyhow::Error {
 /// An EPERM from the kernel says nothing about why; say which capability is missing. Other
 /// errors pass through unchanged.
 pub fn explain_eperm(err: anyhow::Error, what: &str, needs: &[Capability]) -> anyhow::Error {
-    let eperm = err
-        .chain()
-        .any(|cause| cause.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error) == Some(libc::EPERM));
-    if !eperm {
+    if !has_os_error(&err, libc::EPERM) {
         return err;
     }
     let privileges = Privileges::current();
