@@ -79,6 +79,9 @@ pub mod extra_fact {
     /// Seen by the kprobe on tcp_v4/v6_send_reset that stands in for the tracepoint on kernels
     /// before 6.10, whose tracepoint skips resets sent without a full socket.
     pub const FROM_KPROBE: u8 = 1 << 1;
+    /// The peer acknowledged payload this side sent (`bytes_acked > 1`: the SYN counts one):
+    /// tells a reset after a request was delivered from one in the opening exchange.
+    pub const DATA_ACKED: u8 = 1 << 2;
 }
 
 /// Bits of `ResetEvent::flags`: facts about one event that do not take part in counting.
@@ -110,11 +113,15 @@ pub mod lost {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Owner {
+    /// Process id (thread-group id) and the id of the thread that acted.
     pub tgid: u32,
     pub pid: u32,
     /// cgroup v2 id (`bpf_get_current_cgroup_id`), 0 if unknown.
     pub cgroup_id: u64,
+    /// The process's name: its thread-group leader's comm (`java`, not `http-nio-8080-e`).
     pub comm: [u8; 16],
+    /// The acting thread's own name, which JVMs, Tomcat and Netty set per pool.
+    pub thread_comm: [u8; 16],
 }
 
 /// Key of the in-kernel per-CPU counter map. One entry per distinct set of classifier inputs and
@@ -320,6 +327,9 @@ pub struct Config {
     /// `sock.sk_protocol` (u16) and `sock.sk_err` (int), read by the BTF tracepoints.
     pub sk_protocol: u16,
     pub sk_err: u16,
+    /// `task_struct.group_leader` and `task_struct.comm`: a thread's process name.
+    pub task_group_leader: u16,
+    pub task_comm: u16,
     /// Bit number of SOCK_LINGER in `enum sock_flags`.
     pub sock_linger_bit: u16,
     /// Bit number of SOCK_DONE (the peer's FIN arrived; it occupies one sequence number).
@@ -396,6 +406,8 @@ impl Config {
         net_inum: 0,
         sk_protocol: 0,
         sk_err: 0,
+        task_group_leader: 0,
+        task_comm: 0,
         sock_linger_bit: 0,
         sock_done_bit: 0,
         idle_threshold_jiffies: 0,

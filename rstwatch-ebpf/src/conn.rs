@@ -4,7 +4,7 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid,
-        generated::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
+        generated::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_ns},
     },
     cty::c_void,
     programs::{BtfTracePointContext, TracePointContext},
@@ -106,12 +106,19 @@ fn listener_key(sk: u64) -> ListenerKey {
 
 pub fn current_owner() -> Owner {
     let pid_tgid = bpf_get_current_pid_tgid();
-    Owner {
-        tgid: (pid_tgid >> 32) as u32,
-        pid: pid_tgid as u32,
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-    }
+    let tgid = (pid_tgid >> 32) as u32;
+    let pid = pid_tgid as u32;
+    let thread_comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    // Threads name themselves per pool (JVM, Tomcat, Netty): the label wants the process, which
+    // is its thread-group leader's name. The leader's own comm is already that.
+    let comm = if tgid == pid { thread_comm } else { leader_comm().unwrap_or(thread_comm) };
+    Owner { tgid, pid, cgroup_id: unsafe { bpf_get_current_cgroup_id() }, comm, thread_comm }
+}
+
+fn leader_comm() -> Option<[u8; 16]> {
+    let task = unsafe { bpf_get_current_task() };
+    let leader = kernel::<u64>(task, conf!(task_group_leader))?;
+    kernel::<[u8; 16]>(leader, conf!(task_comm))
 }
 
 /// The owner of the connection a time-wait socket stands for.

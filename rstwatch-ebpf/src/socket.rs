@@ -120,6 +120,9 @@ pub fn connection_facts(ev: &mut ResetEvent, sk: u64) {
     if ev.bytes_received == 0 {
         ev.key.facts |= fact::NOTHING_RECEIVED;
     }
+    if ev.bytes_acked > 1 {
+        ev.key.extra_facts |= extra_fact::DATA_ACKED;
+    }
 
     let rcv_nxt = kernel::<u32>(sk, conf!(tcp_rcv_nxt)).unwrap_or(0);
     let copied_seq = kernel::<u32>(sk, conf!(tcp_copied_seq)).unwrap_or(0);

@@ -278,6 +278,8 @@ const BTF_FIELDS: &[(&str, Slot, &str, &[&str], u32)] = &[
     ("net_inum", |c| &mut c.net_inum, "net", &["ns.inum"], 4),
     ("sk_protocol", |c| &mut c.sk_protocol, "sock", &["sk_protocol"], 2),
     ("sk_err", |c| &mut c.sk_err, "sock", &["sk_err"], 4),
+    ("task_group_leader", |c| &mut c.task_group_leader, "task_struct", &["group_leader"], PTR),
+    ("task_comm", |c| &mut c.task_comm, "task_struct", &["comm"], 16),
 ];
 
 fn btf_offsets(btf: &KernelBtf, config: &mut Config) -> Result<()> {
