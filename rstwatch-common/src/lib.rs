@@ -93,6 +93,9 @@ pub mod event_flag {
     pub const BIRTH_KNOWN: u32 = 1 << 1;
     /// The received reset may be the kernel's own (see UNDID_FALSE_RECEIVE); wait for the sent one.
     pub const RECEIVE_WHILE_CLOSING: u32 = 1 << 2;
+    /// The connection came from a listener, as `fact::PASSIVE`: the programs branch on this copy,
+    /// never on `facts`, so that the verifier need not walk every combination of facts.
+    pub const ACCEPTED: u32 = 1 << 3;
 }
 
 /// Indexes of the per-CPU `LOST` array.

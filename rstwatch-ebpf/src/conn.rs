@@ -1,26 +1,307 @@
 //! What the kernel remembers about a connection between its state changes and its reset: birth,
 //! passive open, the state before CLOSE, and its owner, recorded where the owner's task runs.
+//!
+//! `inet_sock_set_state` fires about ten times for every connection, reset or not, so this is
+//! the hottest program: everything but birth, listen, a child and CLOSE leaves after looking at
+//! the two states it was handed, and what it keeps costs a store, not a hash insert.
 
 use aya_ebpf::{
+    cty::c_void,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid,
-        generated::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_ns},
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_socket_cookie, bpf_ktime_get_ns,
+        },
     },
-    cty::c_void,
     programs::{BtfTracePointContext, TracePointContext},
 };
-use rstwatch_common::{ConnInfo, FlowKey, ListenerKey, Owner, tcp_state};
+use rstwatch_common::{ConnInfo, FlowKey, ListenerKey, Owner, ResetEvent, event_flag, fact, tcp_state};
 
 use crate::{
-    maps::{CLOSED_FLOWS, CONN, LISTENERS},
-    read::{conf, kernel, tp_field},
-    socket,
+    maps::{CLOSE_NOTES, CLOSE_NOTE_SLOTS, CLOSED_FLOWS, CONN, CONN_SLOTS, CONNS, ConnSlot, LISTENERS},
+    read::{Btf, Kernel, Probe, conf, probe, tp_field},
+    socket, words,
 };
 
 const IPPROTO_TCP: u16 = 6;
 
+/// Where a kind of program keeps its per-connection memory.
+pub trait Conns: Kernel {
+    /// The socket's cookie where the program can have one generated (0 otherwise).
+    fn cookie(sk: u64) -> u64;
+    /// What was remembered about the connection `sk` (whose cookie is `cookie`), straight into
+    /// the event (the reset programs have no stack to spare for a copy): birth, passive open,
+    /// owner, and for a socket in CLOSE the state before.
+    fn recall_into(sk: u64, cookie: u64, ev: &mut ResetEvent);
+    /// Remember `info` for the connection, replacing whatever an earlier one left.
+    fn remember(sk: u64, cookie: u64, info: &ConnInfo);
+    /// The socket moved to CLOSE from `old`.
+    fn closed(sk: u64, old: u8);
+    /// The owner of the connection a time-wait socket stands for, into the event.
+    fn timewait_owner_into(sk: u64, cookie: u64, ev: &mut ResetEvent);
+    /// The owner of a full socket and the port that names its service (socket errors).
+    fn owner_and_port(sk: u64, cookie: u64, flow: &FlowKey) -> (Owner, u16);
+    /// What names the socket in per-CPU notes: its cookie where there is one (a BTF socket
+    /// pointer cannot be hashed: the verifier refuses arithmetic on it), else its address.
+    fn identity(sk: u64, cookie: u64) -> u64;
+    /// The socket-error program of this kind has no socket pointer: each reset leaves a per-CPU
+    /// note for it (`maps::remember_last_reset`).
+    const ERRORS_NEED_NOTE: bool;
+}
+
+impl Conns for Btf {
+    #[inline(always)]
+    fn cookie(sk: u64) -> u64 {
+        unsafe { bpf_get_socket_cookie(sk as *mut c_void) }
+    }
+
+    #[inline(always)]
+    fn recall_into(_sk: u64, cookie: u64, ev: &mut ResetEvent) {
+        if ev.key.state == tcp_state::CLOSE {
+            ev.key.prior_state = close_note(cookie);
+        }
+        let Some(slot) = slot_of(cookie) else { return };
+        let info = unsafe { &(*slot).info };
+        let (birth_ns, passive, owner_known) = (info.birth_ns, info.passive, info.owner_known);
+        words::copy(&mut ev.owner, &info.owner);
+        if !unchanged(slot, cookie) {
+            words::zero(&mut ev.owner);
+            return;
+        }
+        apply(ev, birth_ns, passive, owner_known);
+    }
+
+    #[inline(always)]
+    fn timewait_owner_into(_sk: u64, cookie: u64, ev: &mut ResetEvent) {
+        let Some(slot) = slot_of(cookie) else { return };
+        let info = unsafe { &(*slot).info };
+        let owner_known = info.owner_known;
+        words::copy(&mut ev.owner, &info.owner);
+        if owner_known == 0 || !unchanged(slot, cookie) {
+            words::zero(&mut ev.owner);
+            return;
+        }
+        apply_owner(ev);
+    }
+
+    #[inline(always)]
+    fn owner_and_port(_sk: u64, cookie: u64, flow: &FlowKey) -> (Owner, u16) {
+        let guess = socket::guess_service_port(flow.local_port, flow.remote_port);
+        let Some(slot) = slot_of(cookie) else { return (Owner::default(), guess) };
+        let info = unsafe { &(*slot).info };
+        let owner = if info.owner_known != 0 { info.owner } else { Owner::default() };
+        let port = service_port_of(info.passive, info.birth_ns, flow, guess);
+        if !unchanged(slot, cookie) {
+            return (Owner::default(), guess);
+        }
+        (owner, port)
+    }
+
+    #[inline(always)]
+    fn remember(_sk: u64, cookie: u64, info: &ConnInfo) {
+        let first = set_of(cookie);
+        let (Some(a), Some(b)) = (CONNS.get_ptr_mut(first), CONNS.get_ptr_mut(first + 1)) else {
+            return;
+        };
+        let (a, b) = unsafe { (&mut *a, &mut *b) };
+        // The way that holds this connection already, else the one with the older connection.
+        let slot = if a.cookie == cookie {
+            a
+        } else if b.cookie == cookie || b.info.birth_ns < a.info.birth_ns {
+            b
+        } else {
+            a
+        };
+        unsafe { core::ptr::write_volatile(&mut slot.cookie, 0) };
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+        words::copy(&mut slot.info, info);
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+        unsafe { core::ptr::write_volatile(&mut slot.cookie, cookie) };
+    }
+
+    #[inline(always)]
+    fn closed(sk: u64, old: u8) {
+        let cookie = Self::cookie(sk);
+        if let Some(note) = CLOSE_NOTES.get_ptr_mut(note_of(cookie)) {
+            unsafe { core::ptr::write_volatile(note, cookie << 4 | (old as u64 & 0xf)) };
+        }
+    }
+
+    #[inline(always)]
+    fn identity(_sk: u64, cookie: u64) -> u64 {
+        cookie
+    }
+
+    const ERRORS_NEED_NOTE: bool = false;
+}
+
+/// The first of the two ways a cookie may sit in. Cookies count up: a multiplicative hash
+/// spreads neighbours over the whole table.
+#[inline(always)]
+fn set_of(cookie: u64) -> u32 {
+    ((cookie.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as u32 & (CONN_SLOTS / 2 - 1)) * 2
+}
+
+#[inline(always)]
+fn note_of(cookie: u64) -> u32 {
+    cookie as u32 & (CLOSE_NOTE_SLOTS - 1)
+}
+
+/// The state a socket left for CLOSE, if the note for its cookie is still there (0 otherwise).
+#[inline(always)]
+fn close_note(cookie: u64) -> u8 {
+    let Some(note) = CLOSE_NOTES.get_ptr(note_of(cookie)) else { return 0 };
+    let note = unsafe { core::ptr::read_volatile(note) };
+    if note >> 4 == cookie { (note & 0xf) as u8 } else { 0 }
+}
+
+/// The way that holds `cookie`, if either does.
+#[inline(always)]
+fn slot_of(cookie: u64) -> Option<*const ConnSlot> {
+    let first = set_of(cookie);
+    let (a, b) = (CONNS.get_ptr(first)?, CONNS.get_ptr(first + 1)?);
+    unsafe {
+        if core::ptr::read_volatile(&(*a).cookie) == cookie {
+            Some(a)
+        } else if core::ptr::read_volatile(&(*b).cookie) == cookie {
+            Some(b)
+        } else {
+            None
+        }
+    }
+}
+
+/// A writer reusing a slot zeroes its cookie first: a changed cookie after reading means the
+/// copy may be half another connection's. The fence keeps the copy's loads before this one.
+#[inline(always)]
+fn unchanged(slot: *const ConnSlot, cookie: u64) -> bool {
+    core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+    unsafe { core::ptr::read_volatile(&(*slot).cookie) == cookie }
+}
+
+/// What a remembered entry says about the event's connection.
+#[inline(always)]
+fn apply(ev: &mut ResetEvent, birth_ns: u64, passive: u8, owner_known: u8) {
+    if birth_ns != 0 {
+        ev.birth_ns = birth_ns;
+        ev.flags |= event_flag::BIRTH_KNOWN;
+    }
+    if passive != 0 {
+        ev.key.facts |= fact::PASSIVE;
+        ev.flags |= event_flag::ACCEPTED;
+    }
+    if owner_known != 0 {
+        apply_owner(ev);
+    } else {
+        words::zero(&mut ev.owner);
+    }
+}
+
+/// `ev.owner` holds the socket's owner: label the count with it.
+#[inline(always)]
+pub fn apply_owner(ev: &mut ResetEvent) {
+    // Four 4-byte moves: the key's comm is only 4-byte aligned (and a memcpy call is a loop).
+    let dst = &mut ev.key.comm as *mut [u8; 16] as *mut u32;
+    let src = &ev.owner.comm as *const [u8; 16] as *const u32;
+    for i in 0..4 {
+        unsafe { core::ptr::write_volatile(dst.add(i), core::ptr::read_volatile(src.add(i))) };
+    }
+    if conf!(count_by_cgroup) != 0 {
+        ev.key.cgroup_id = ev.owner.cgroup_id;
+    }
+    ev.key.facts |= fact::OWNER_KNOWN;
+}
+
+/// The listener's port, whichever side of the connection we are (see `socket::service_port`).
+#[inline(always)]
+fn service_port_of(passive: u8, birth_ns: u64, flow: &FlowKey, guess: u16) -> u16 {
+    if passive != 0 {
+        flow.local_port
+    } else if birth_ns != 0 {
+        // Born by connect() while we watched: we are the client.
+        flow.remote_port
+    } else {
+        guess
+    }
+}
+
+impl Conns for Probe {
+    /// Classic programs cannot have a cookie generated; they key by socket address.
+    #[inline(always)]
+    fn cookie(_sk: u64) -> u64 {
+        0
+    }
+
+    #[inline(always)]
+    fn recall_into(sk: u64, _cookie: u64, ev: &mut ResetEvent) {
+        let Some(info) = (unsafe { CONN.get(&sk) }) else { return };
+        if ev.key.state == tcp_state::CLOSE {
+            ev.key.prior_state = info.prior_state;
+        }
+        words::copy(&mut ev.owner, &info.owner);
+        apply(ev, info.birth_ns, info.passive, info.owner_known);
+    }
+
+    #[inline(always)]
+    fn timewait_owner_into(_sk: u64, _cookie: u64, ev: &mut ResetEvent) {
+        let flow = crate::reset::flow_of(ev);
+        if let Some(owner) = unsafe { CLOSED_FLOWS.get(&flow) } {
+            words::copy(&mut ev.owner, owner);
+            apply_owner(ev);
+        }
+    }
+
+    /// Unused: the classic error program finds the owner through the reset's per-CPU note.
+    #[inline(always)]
+    fn owner_and_port(_sk: u64, _cookie: u64, flow: &FlowKey) -> (Owner, u16) {
+        (Owner::default(), socket::guess_service_port(flow.local_port, flow.remote_port))
+    }
+
+    #[inline(always)]
+    fn remember(sk: u64, _cookie: u64, info: &ConnInfo) {
+        // A freed socket's address is reused: whatever is there belongs to a dead connection.
+        let _ = CONN.insert(&sk, info, 0);
+    }
+
+    /// Keep the state in the connection's entry, and the owner of a connection that lives on as
+    /// a time-wait socket (FIN_WAIT*/CLOSING) by 4-tuple, for the resets that socket may send.
+    #[inline(always)]
+    fn closed(sk: u64, old: u8) {
+        let Some(info) = CONN.get_ptr_mut(&sk) else {
+            let info = ConnInfo { prior_state: old, ..ConnInfo::default() };
+            let _ = CONN.insert(&sk, &info, 0);
+            return;
+        };
+        let info = unsafe { &mut *info };
+        info.prior_state = old;
+        if info.owner_known != 0
+            && matches!(old, tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 | tcp_state::CLOSING)
+        {
+            let _ = CLOSED_FLOWS.insert(&socket::flow::<Probe>(sk), &info.owner, 0);
+        }
+    }
+
+    #[inline(always)]
+    fn identity(sk: u64, _cookie: u64) -> u64 {
+        sk
+    }
+
+    const ERRORS_NEED_NOTE: bool = true;
+}
+
+/// The transitions that tell something: birth (from CLOSE), a child (from LISTEN), and CLOSE.
+#[inline(always)]
+fn wanted(old: u8, new: u8) -> bool {
+    old == tcp_state::CLOSE || old == tcp_state::LISTEN || new == tcp_state::CLOSE
+}
+
 /// Classic tracepoint: arguments from the trace record.
 pub fn on_set_state(ctx: &TracePointContext) -> Option<()> {
+    let old = tp_field::<i32>(ctx, conf!(set_state_oldstate))? as u8;
+    let new = tp_field::<i32>(ctx, conf!(set_state_newstate))? as u8;
+    if !wanted(old, new) {
+        return None;
+    }
     let protocol: u16 = if conf!(set_state_protocol_size) == 1 {
         tp_field::<u8>(ctx, conf!(set_state_protocol))? as u16
     } else {
@@ -30,80 +311,62 @@ pub fn on_set_state(ctx: &TracePointContext) -> Option<()> {
         return None;
     }
     let sk: u64 = tp_field(ctx, conf!(set_state_skaddr))?;
-    let old = tp_field::<i32>(ctx, conf!(set_state_oldstate))? as u8;
-    let new = tp_field::<i32>(ctx, conf!(set_state_newstate))? as u8;
-    set_state(sk, old, new);
+    set_state::<Probe>(sk, old, new);
     Some(())
 }
 
 /// BTF tracepoint: `TP_PROTO(sk, oldstate, newstate)`; the protocol is read from the socket.
 pub fn on_set_state_btf(ctx: &BtfTracePointContext) -> Option<()> {
-    let sk = ctx.arg::<*const c_void>(0) as u64;
-    if kernel::<u16>(sk, conf!(sk_protocol))? != IPPROTO_TCP {
+    let old = ctx.arg::<i32>(1) as u8;
+    let new = ctx.arg::<i32>(2) as u8;
+    if !wanted(old, new) {
         return None;
     }
-    set_state(sk, ctx.arg::<i32>(1) as u8, ctx.arg::<i32>(2) as u8);
+    let sk = ctx.arg::<*const c_void>(0) as u64;
+    if Btf::read::<u16>(sk, conf!(sk_protocol)) != IPPROTO_TCP {
+        return None;
+    }
+    set_state::<Btf>(sk, old, new);
     Some(())
 }
 
-fn set_state(sk: u64, old: u8, new: u8) {
-    match (old, new) {
-        (_, tcp_state::CLOSE) => closed(sk, old),
-        // connect() and listen() run in the owner's task: this is where we learn who it is.
-        (tcp_state::CLOSE, tcp_state::LISTEN) => {
-            let owner = current_owner();
-            let _ = LISTENERS.insert(&listener_key(sk), &owner, 0);
-            born(sk, false, Some(owner));
-        }
-        (tcp_state::CLOSE, _) => born(sk, false, Some(current_owner())),
-        // A child cloned from a listener in softirq: it belongs to whoever owns the listener.
-        (tcp_state::LISTEN, _) => {
-            let owner = unsafe { LISTENERS.get(&listener_key(sk)) }.copied();
-            born(sk, true, owner);
-        }
-        _ => {}
+#[inline(always)]
+fn set_state<K: Conns>(sk: u64, old: u8, new: u8) {
+    if new == tcp_state::CLOSE {
+        K::closed(sk, old);
+        return;
     }
-}
-
-/// A connection starts; inserting also replaces whatever a freed socket at this address left.
-fn born(sk: u64, passive: bool, owner: Option<Owner>) {
+    let owner = if old == tcp_state::CLOSE {
+        // connect() and listen() run in the owner's task: this is where we learn who it is.
+        let owner = current_owner();
+        if new == tcp_state::LISTEN {
+            let _ = LISTENERS.insert(&listener_key::<K>(sk), &owner, 0);
+        }
+        Some(owner)
+    } else {
+        // A child cloned from a listener, in softirq: it belongs to whoever owns the listener.
+        unsafe { LISTENERS.get(&listener_key::<K>(sk)) }.copied()
+    };
     let info = ConnInfo {
         birth_ns: unsafe { bpf_ktime_get_ns() },
-        passive: passive as u8,
+        passive: (old == tcp_state::LISTEN) as u8,
         owner_known: owner.is_some() as u8,
         owner: owner.unwrap_or_default(),
         ..ConnInfo::default()
     };
-    let _ = CONN.insert(&sk, &info, 0);
+    K::remember(sk, K::cookie(sk), &info);
 }
 
-/// Most active resets are traced after the kernel already set CLOSE: keep what it was. A
-/// connection closing from FIN_WAIT*/CLOSING lives on as a time-wait socket at another address;
-/// remember its owner by 4-tuple for the resets that socket may still send.
-fn closed(sk: u64, old: u8) {
-    let info = match CONN.get_ptr_mut(&sk) {
-        Some(info) => unsafe {
-            (*info).prior_state = old;
-            *info
-        },
-        None => {
-            let info = ConnInfo { prior_state: old, ..ConnInfo::default() };
-            let _ = CONN.insert(&sk, &info, 0);
-            return;
-        }
-    };
-    if info.owner_known != 0
-        && matches!(old, tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 | tcp_state::CLOSING)
-    {
-        let flow = socket::flow(sk);
-        let _ = CLOSED_FLOWS.insert(&flow, &info.owner, 0);
+#[inline(always)]
+fn listener_key<K: Kernel>(sk: u64) -> ListenerKey {
+    ListenerKey {
+        netns: socket::netns::<K>(sk),
+        port: socket::local_port::<K>(K::tcp_sock(sk)),
+        _pad: 0,
     }
 }
 
-fn listener_key(sk: u64) -> ListenerKey {
-    ListenerKey { netns: socket::netns(sk), port: socket::local_port(sk), _pad: 0 }
-}
-
+#[inline(always)]
 pub fn current_owner() -> Owner {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
@@ -115,13 +378,9 @@ pub fn current_owner() -> Owner {
     Owner { tgid, pid, cgroup_id: unsafe { bpf_get_current_cgroup_id() }, comm, thread_comm }
 }
 
+#[inline(always)]
 fn leader_comm() -> Option<[u8; 16]> {
     let task = unsafe { bpf_get_current_task() };
-    let leader = kernel::<u64>(task, conf!(task_group_leader))?;
-    kernel::<[u8; 16]>(leader, conf!(task_comm))
-}
-
-/// The owner of the connection a time-wait socket stands for.
-pub fn timewait_owner(flow: &FlowKey) -> Option<Owner> {
-    unsafe { CLOSED_FLOWS.get(flow) }.copied()
+    let leader = probe::<u64>(task, conf!(task_group_leader))?;
+    probe::<[u8; 16]>(leader, conf!(task_comm))
 }

@@ -9,8 +9,9 @@ use aya_ebpf::{
 use rstwatch_common::{AF_INET, AF_INET6, ErrorKey, EVENT_SOCKET_ERROR, FlowKey, Owner, SocketErrorEvent};
 
 use crate::{
+    conn::Conns,
     maps::{REJECTED, count_error, emit_error, last_reset_on},
-    read::{conf, kernel, tp_field},
+    read::{Btf, Kernel, conf, probe, tp_field},
     socket,
 };
 
@@ -22,6 +23,7 @@ const ECONNABORTED: i32 = 103;
 
 /// The kernel queued an error on a socket (sk_error_report). Right after a reset, on the same
 /// CPU, this is what the application's next read, write or connect will return.
+/// Classic tracepoint: no socket pointer, so the owner comes from the reset this CPU just traced.
 pub fn on_error_report(ctx: &TracePointContext) -> Option<()> {
     let error: i32 = tp_field(ctx, conf!(error_error))?;
     if !wanted(error) || tp_field::<u16>(ctx, conf!(error_protocol))? != IPPROTO_TCP as u16 {
@@ -43,35 +45,47 @@ pub fn on_error_report(ctx: &TracePointContext) -> Option<()> {
         flow.local_addr[..4].copy_from_slice(&local);
         flow.remote_addr[..4].copy_from_slice(&remote);
     }
-    socket_error(error, &flow)
+    if flow.remote_port == 0 {
+        return None; // see `cut_loose`
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (skaddr, owner, port) = match last_reset_on(&flow, now) {
+        Some(last) if last.owner_known != 0 => (last.skaddr, last.owner, last.port),
+        Some(last) => (last.skaddr, Owner::default(), last.port),
+        None => (0, Owner::default(), socket::guess_service_port(flow.local_port, flow.remote_port)),
+    };
+    socket_error(error, now, skaddr, owner, port);
+    Some(())
 }
 
-/// BTF tracepoint: `TP_PROTO(sk)`; the error is the one just stored in `sk->sk_err`.
+/// BTF tracepoint: `TP_PROTO(sk)`; the error is the one just stored in `sk->sk_err`, and the
+/// owner is in the socket's own storage.
 pub fn on_error_report_btf(ctx: &BtfTracePointContext) -> Option<()> {
     let sk = ctx.arg::<*const c_void>(0) as u64;
-    let error = kernel::<i32>(sk, conf!(sk_err))?;
-    if !wanted(error) || kernel::<u16>(sk, conf!(sk_protocol))? != IPPROTO_TCP as u16 {
+    let error = Btf::read::<i32>(sk, conf!(sk_err));
+    if !wanted(error) || Btf::read::<u16>(sk, conf!(sk_protocol)) != IPPROTO_TCP as u16 {
         return None;
     }
-    socket_error(error, &socket::flow(sk))
+    let flow = socket::flow::<Btf>(sk);
+    if flow.remote_port == 0 {
+        return None; // see `cut_loose`
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (owner, port) = Btf::owner_and_port(sk, Btf::cookie(sk), &flow);
+    socket_error(error, now, sk, owner, port);
+    Some(())
 }
 
 fn wanted(error: i32) -> bool {
     matches!(error, ECONNRESET | EPIPE | ECONNREFUSED | ECONNABORTED)
 }
 
-fn socket_error(error: i32, flow: &FlowKey) -> Option<()> {
-    if flow.remote_port == 0 {
-        // tcp_disconnect() reports ECONNRESET on the socket it just cut loose (SO_LINGER=0
-        // close, listener close, connect(AF_UNSPEC)): the application let go of it; nobody reads.
-        return None;
-    }
-    let now = unsafe { bpf_ktime_get_ns() };
-    let (skaddr, owner, port) = match last_reset_on(flow, now) {
-        Some(last) if last.owner_known != 0 => (last.skaddr, last.owner, last.port),
-        Some(last) => (last.skaddr, Owner::default(), last.port),
-        None => (0, Owner::default(), socket::guess_service_port(flow.local_port, flow.remote_port)),
-    };
+// `cut_loose`: tcp_disconnect() reports ECONNRESET on the socket it just cut loose (SO_LINGER=0
+// close, listener close, connect(AF_UNSPEC)), whose remote port it has already cleared: the
+// application let go of it and nobody reads that error.
+
+#[inline(always)]
+fn socket_error(error: i32, now: u64, skaddr: u64, owner: Owner, port: u16) {
     let key = ErrorKey { errno: error as u16, port, comm: owner.comm };
     count_error(&key);
     emit_error(&SocketErrorEvent {
@@ -83,7 +97,6 @@ fn socket_error(error: i32, flow: &FlowKey) -> Option<()> {
         skaddr,
         owner,
     });
-    Some(())
 }
 
 /// netfilter dropped a segment (REJECT drops the original after sending its own RST).
@@ -106,30 +119,30 @@ pub fn on_kfree_skb_btf(ctx: &BtfTracePointContext) -> Option<()> {
 }
 
 fn dropped(skb: u64) -> Option<()> {
-    let head = kernel::<u64>(skb, conf!(skb_head))?;
-    let ip = head + kernel::<u16>(skb, conf!(skb_network_header))? as u64;
-    let tcp = head + kernel::<u16>(skb, conf!(skb_transport_header))? as u64;
-    let version = kernel::<u8>(ip, 0)? >> 4;
+    let head = probe::<u64>(skb, conf!(skb_head))?;
+    let ip = head + probe::<u16>(skb, conf!(skb_network_header))? as u64;
+    let tcp = head + probe::<u16>(skb, conf!(skb_transport_header))? as u64;
+    let version = probe::<u8>(ip, 0)? >> 4;
     // The sender of the dropped segment is the one the firewall's RST goes to: "local" there.
     let mut flow = FlowKey::default();
     if version == 4 {
-        if kernel::<u8>(ip, 9)? != IPPROTO_TCP {
+        if probe::<u8>(ip, 9)? != IPPROTO_TCP {
             return None;
         }
         flow.family = AF_INET;
-        flow.local_addr[..4].copy_from_slice(&kernel::<[u8; 4]>(ip, 12)?);
-        flow.remote_addr[..4].copy_from_slice(&kernel::<[u8; 4]>(ip, 16)?);
+        flow.local_addr[..4].copy_from_slice(&probe::<[u8; 4]>(ip, 12)?);
+        flow.remote_addr[..4].copy_from_slice(&probe::<[u8; 4]>(ip, 16)?);
     } else if version == 6 {
-        if kernel::<u8>(ip, 6)? != IPPROTO_TCP {
+        if probe::<u8>(ip, 6)? != IPPROTO_TCP {
             return None;
         }
         flow.family = AF_INET6;
-        flow.local_addr = kernel::<[u8; 16]>(ip, 8)?;
-        flow.remote_addr = kernel::<[u8; 16]>(ip, 24)?;
+        flow.local_addr = probe::<[u8; 16]>(ip, 8)?;
+        flow.remote_addr = probe::<[u8; 16]>(ip, 24)?;
     } else {
         return None;
     }
-    let ports = kernel::<[u8; 4]>(tcp, 0)?;
+    let ports = probe::<[u8; 4]>(tcp, 0)?;
     flow.local_port = u16::from_be_bytes([ports[0], ports[1]]);
     flow.remote_port = u16::from_be_bytes([ports[2], ports[3]]);
     let now = unsafe { bpf_ktime_get_ns() };

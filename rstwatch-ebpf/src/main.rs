@@ -14,6 +14,7 @@ mod read;
 mod reset;
 mod segment;
 mod socket;
+mod words;
 
 use aya_ebpf::{
     macros::{btf_tracepoint, kprobe, tracepoint},

@@ -3,9 +3,9 @@
 use aya_ebpf::{
     bindings::BPF_ANY,
     macros::map,
-    maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use crate::read::conf;
+use crate::{read::conf, words};
 use rstwatch_common::{
     ConnInfo, CountKey, ErrorKey, FlowKey, ListenerKey, Owner, ResetEvent, SocketErrorEvent, lost,
 };
@@ -21,12 +21,37 @@ pub static COUNTS: PerCpuHashMap<CountKey, u64> = PerCpuHashMap::with_max_entrie
 #[map]
 pub static COUNTS_OTHER: PerCpuHashMap<CountKey, u64> = PerCpuHashMap::with_max_entries(1024, 0);
 
-/// Per-connection memory keyed by socket address: birth time, passive open, prior state.
-/// LRU so it stays bounded under any churn; entries are replaced when an address is reused.
+/// Per-connection memory of the classic tracepoint programs, keyed by socket address: birth
+/// time, passive open, prior state, owner. LRU so it stays bounded under any churn; entries are
+/// replaced when an address is reused.
 #[map]
 pub static CONN: LruHashMap<u64, ConnInfo> = LruHashMap::with_max_entries(65536, 0);
 
-/// Owners of listening sockets, for the children they hand out in softirq.
+/// The same memory for the tp_btf programs, keyed by socket cookie: a two-way set-associative
+/// cache in a plain array (see `conn::remember`). A hash map insert for every connection costs
+/// several times a whole program run; an array slot costs a store. Cookies are never reused, and
+/// a time-wait socket keeps its connection's cookie, so its owner is found there too.
+#[map]
+pub static CONNS: Array<ConnSlot> = Array::with_max_entries(CONN_SLOTS, 0);
+pub const CONN_SLOTS: u32 = 65536;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ConnSlot {
+    /// The connection's cookie; 0 while a writer fills the slot.
+    pub cookie: u64,
+    pub info: ConnInfo,
+}
+
+/// tp_btf programs: the state a socket left when it moved to CLOSE, as `cookie << 4 | state`
+/// (states fit in 4 bits, cookies in 60): one 8-byte store that no reader can see half-written.
+/// Most active resets are traced right after that move, in the same call.
+#[map]
+pub static CLOSE_NOTES: Array<u64> = Array::with_max_entries(CLOSE_NOTE_SLOTS, 0);
+pub const CLOSE_NOTE_SLOTS: u32 = 4096;
+
+/// Owners of listening sockets, for the children they hand out in softirq (classic programs;
+/// the tp_btf ones inherit through CONN_STORAGE).
 #[map]
 pub static LISTENERS: LruHashMap<ListenerKey, Owner> = LruHashMap::with_max_entries(16384, 0);
 
@@ -56,12 +81,10 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost::LEN, 0);
 
-/// Where an event is assembled: too big for the 512-byte BPF stack.
-#[map]
-static SCRATCH: PerCpuArray<ResetEvent> = PerCpuArray::with_max_entries(1, 0);
-
-/// The last reset this CPU traced: the socket error the kernel reports right after it (same CPU,
-/// same call chain) belongs to it. The error tracepoint has no socket pointer, so match by flow.
+/// Classic programs only: the last reset this CPU traced. The socket error the kernel reports
+/// right after it (same CPU, same call chain) belongs to it; the classic error tracepoint has no
+/// socket pointer, so it matches by flow and time. A program that interrupts in between can only
+/// make that match miss (the error is then counted without owner), never mix two resets.
 #[map]
 static LAST_RESET: PerCpuArray<LastReset> = PerCpuArray::with_max_entries(1, 0);
 
@@ -77,14 +100,27 @@ pub struct LastReset {
     pub _pad: u16,
 }
 
-/// The last receive_reset this CPU saw on a closing socket; see `take_last_receive`.
+/// Classic programs only: the last receive_reset this CPU saw on a closing socket; see
+/// `take_last_receive` (the tp_btf programs keep it in the socket's own storage).
 #[map]
-static LAST_RECEIVE: PerCpuArray<LastReceive> = PerCpuArray::with_max_entries(1, 0);
+static LAST_RECEIVE: PerCpuArray<LastReceive> = PerCpuArray::with_max_entries(NOTE_WAYS, 0);
+
+/// Per-CPU notes are spread over slots by socket: a program that interrupts between the write
+/// and the read (a softirq during a process-context receive) lands in another slot unless its
+/// socket hashes to the same one, and even then the socket check makes it a miss, never a mix.
+const NOTE_WAYS: u32 = 8;
+
+/// `socket` is what `Conns::identity` names it by.
+#[inline(always)]
+fn note_slot(socket: u64) -> u32 {
+    ((socket >> 6) as u32 ^ socket as u32) & (NOTE_WAYS - 1)
+}
 
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct LastReceive {
-    pub sk: u64,
+    /// The socket, as `Conns::identity` names it.
+    pub socket: u64,
     pub ts_ns: u64,
     pub key: CountKey,
 }
@@ -92,15 +128,6 @@ pub struct LastReceive {
 /// The kernel's own receive_reset and the reset it then sends run back to back on one CPU, in one
 /// softirq; anything older than this is a different story.
 const SAME_PATH_NS: u64 = 1_000_000;
-
-#[inline(always)]
-pub fn scratch_event() -> Option<&'static mut ResetEvent> {
-    let ev = SCRATCH.get_ptr_mut(0)?;
-    unsafe {
-        core::ptr::write_bytes(ev, 0, 1);
-        Some(&mut *ev)
-    }
-}
 
 #[inline(always)]
 pub fn count(key: &CountKey) {
@@ -210,9 +237,24 @@ pub fn count_error(key: &ErrorKey) {
     }
 }
 
+/// Note the reset just counted for the socket error that may follow (classic programs).
 #[inline(always)]
-pub fn remember_last_reset(last: &LastReset) {
-    let _ = LAST_RESET.set(0, last, 0);
+pub fn remember_last_reset(ev: &ResetEvent) {
+    let Some(last) = LAST_RESET.get_ptr_mut(0) else { return };
+    let last = unsafe { &mut *last };
+    last.flow = FlowKey {
+        local_addr: ev.local_addr,
+        remote_addr: ev.remote_addr,
+        local_port: ev.local_port,
+        remote_port: ev.remote_port,
+        family: ev.family,
+        _pad: 0,
+    };
+    last.ts_ns = ev.ts_ns;
+    last.skaddr = ev.skaddr;
+    words::copy(&mut last.owner, &ev.owner);
+    last.owner_known = (ev.key.facts & rstwatch_common::fact::OWNER_KNOWN != 0) as u32;
+    last.port = ev.key.port;
 }
 
 /// The reset this CPU just traced, if it is on `flow` and recent enough to be the same story.
@@ -230,18 +272,21 @@ fn bump_lost(index: u32) {
 }
 
 #[inline(always)]
-pub fn remember_last_receive(last: &LastReceive) {
-    let _ = LAST_RECEIVE.set(0, last, 0);
+pub fn remember_last_receive(socket: u64, ts_ns: u64, key: &CountKey) {
+    let Some(last) = LAST_RECEIVE.get_ptr_mut(note_slot(socket)) else { return };
+    let last = unsafe { &mut *last };
+    last.socket = socket;
+    last.ts_ns = ts_ns;
+    words::copy(&mut last.key, key);
 }
 
-/// The receive_reset this CPU just traced for `sk`, if it was on the same kernel path.
+/// The receive_reset this CPU just traced for `socket`, if it was on the same kernel path.
 #[inline(always)]
-pub fn take_last_receive(sk: u64, now_ns: u64) -> Option<LastReceive> {
-    let slot = LAST_RECEIVE.get_ptr_mut(0)?;
-    let last = unsafe { *slot };
-    if last.sk != sk || now_ns.wrapping_sub(last.ts_ns) > SAME_PATH_NS {
+pub fn take_last_receive(socket: u64, now_ns: u64) -> Option<&'static CountKey> {
+    let last = unsafe { &mut *LAST_RECEIVE.get_ptr_mut(note_slot(socket))? };
+    if last.socket != socket || now_ns.wrapping_sub(last.ts_ns) > SAME_PATH_NS {
         return None;
     }
-    unsafe { (*slot).sk = 0 };
-    Some(last)
+    last.socket = 0;
+    Some(&last.key)
 }

@@ -1,9 +1,24 @@
 //! Reading the configuration and kernel memory at offsets that are only known at load time.
+//!
+//! Two ways to read a kernel struct, one per kind of program:
+//! - `Btf` (tp_btf programs): the kernel hands them typed pointers, so a field is one plain load
+//!   that the verifier checks against BTF. The offsets come from `CONFIG`, which lives in
+//!   `.rodata`: aya freezes that map read-only, so the verifier treats every offset as a known
+//!   constant and accepts `pointer + offset`. No helper call per field.
+//! - `Probe` (classic tracepoints, kprobes): pointers are plain numbers there, so every field
+//!   costs a `bpf_probe_read_kernel`.
 
-use aya_ebpf::{helpers::bpf_probe_read_kernel, programs::TracePointContext};
+use aya_ebpf::{
+    cty::c_void,
+    helpers::{
+        bpf_probe_read_kernel,
+        generated::{self, bpf_skc_to_tcp_sock, bpf_skc_to_tcp_timewait_sock},
+    },
+    programs::TracePointContext,
+};
 use rstwatch_common::{Config, FieldOffset};
 
-/// Written by the daemon before load (`EbpfLoader::set_global`).
+/// Written by the daemon before load (`EbpfLoader::override_global`).
 #[unsafe(no_mangle)]
 pub static CONFIG: Config = Config::UNSET;
 
@@ -24,8 +39,68 @@ pub fn tp_field<T>(ctx: &TracePointContext, offset: FieldOffset) -> Option<T> {
     unsafe { ctx.read_at::<T>(offset as usize) }.ok()
 }
 
-/// A value in kernel memory at `base + offset` (offsets from BTF).
+/// How a program reads kernel structs (see the module comment). Pointers travel as `u64`.
+pub trait Kernel {
+    /// `T` at `base + offset`; zero when it cannot be read.
+    fn read<T: Copy + Default>(base: u64, offset: u16) -> T;
+    /// The `tcp_sock` behind a socket pointer, or 0 when it is not a full TCP socket.
+    fn tcp_sock(sk: u64) -> u64;
+    /// The time-wait socket behind a socket pointer, or 0.
+    fn timewait_sock(sk: u64) -> u64;
+}
+
+pub struct Btf;
+pub struct Probe;
+
+impl Kernel for Btf {
+    #[inline(always)]
+    fn read<T: Copy + Default>(base: u64, offset: u16) -> T {
+        // A faulting BTF load yields zero (the JIT's exception table), like a failed probe read.
+        unsafe { core::ptr::read_volatile((base + offset as u64) as *const T) }
+    }
+
+    #[inline(always)]
+    fn tcp_sock(sk: u64) -> u64 {
+        unsafe { bpf_skc_to_tcp_sock(sk as *mut c_void) as u64 }
+    }
+
+    #[inline(always)]
+    fn timewait_sock(sk: u64) -> u64 {
+        unsafe { bpf_skc_to_tcp_timewait_sock(sk as *mut c_void) as u64 }
+    }
+}
+
+impl Kernel for Probe {
+    /// No branch on the helper's result: it zero-fills the destination when the read fails,
+    /// and a branch per field multiplies the paths the verifier walks.
+    #[inline(always)]
+    fn read<T: Copy + Default>(base: u64, offset: u16) -> T {
+        let mut value = core::mem::MaybeUninit::<T>::uninit();
+        unsafe {
+            generated::bpf_probe_read_kernel(
+                value.as_mut_ptr() as *mut c_void,
+                core::mem::size_of::<T>() as u32,
+                (base + offset as u64) as *const c_void,
+            );
+            value.assume_init()
+        }
+    }
+
+    /// The caller already knows from the state that this is a full socket.
+    #[inline(always)]
+    fn tcp_sock(sk: u64) -> u64 {
+        sk
+    }
+
+    #[inline(always)]
+    fn timewait_sock(sk: u64) -> u64 {
+        sk
+    }
+}
+
+/// A value in kernel memory at `base + offset`, through the helper: for memory that no typed
+/// pointer reaches (packet bytes, another task), in any kind of program.
 #[inline(always)]
-pub fn kernel<T>(base: u64, offset: u16) -> Option<T> {
+pub fn probe<T>(base: u64, offset: u16) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }.ok()
 }

@@ -1,4 +1,9 @@
 //! The two reset tracepoints: gather the facts, find the owner, count, and emit the details.
+//!
+//! Each event is assembled on the program's own stack: a program interrupted by another one on
+//! the same CPU (close() in process context, then a softirq) must not share a buffer with it.
+
+use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     cty::c_void,
@@ -6,18 +11,18 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, ProbeContext, TracePointContext},
 };
 use rstwatch_common::{
-    ABSENT, DIRECTION_RECEIVED, DIRECTION_SENT, Owner, EVENT_RESET, FlowKey, REASON_NONE, ResetEvent,
-    STATE_NONE, event_flag, extra_fact, fact, tcp_state,
+    ABSENT, DIRECTION_RECEIVED, DIRECTION_SENT, EVENT_RESET, FlowKey, REASON_NONE,
+    ResetEvent, STATE_NONE, event_flag, extra_fact, fact, tcp_state,
 };
 
 use crate::{
-    conn,
+    conn::Conns,
     maps::{
-        CONN, LastReceive, LastReset, REJECTED, count, emit, remember_last_receive,
-        remember_last_reset, scratch_event, take_last_receive, uncount,
+        REJECTED, count, emit, remember_last_receive,
+        remember_last_reset, take_last_receive, uncount,
     },
-    read::{conf, tp_field},
-    segment, socket,
+    read::{Btf, Probe, conf, tp_field},
+    segment, socket, words,
 };
 
 /// A firewall's RST reaches the sender within microseconds on one host; a second is generous.
@@ -28,7 +33,7 @@ pub fn on_send_reset(ctx: &TracePointContext) -> Option<()> {
     let sk: u64 = tp_field(ctx, conf!(send_skaddr)).unwrap_or(0);
     let skb: u64 = tp_field(ctx, conf!(send_skbaddr)).unwrap_or(0);
     let state: u8 = match conf!(send_state) {
-        ABSENT if sk != 0 => socket::state(sk),
+        ABSENT if sk != 0 => socket::state::<Probe>(sk),
         ABSENT => STATE_NONE,
         off => tp_field::<i32>(ctx, off).unwrap_or(0) as u8,
     };
@@ -36,7 +41,7 @@ pub fn on_send_reset(ctx: &TracePointContext) -> Option<()> {
         ABSENT => REASON_NONE,
         off => tp_field::<u32>(ctx, off).unwrap_or(REASON_NONE as u32) as u16,
     };
-    send_reset(sk, skb, state, reason)
+    send_reset::<Probe>(sk, skb, state, reason, 0)
 }
 
 /// BTF tracepoint: `TP_PROTO(sk, skb[, reason])`, no trace record to format.
@@ -44,14 +49,14 @@ pub fn on_send_reset_btf(ctx: &BtfTracePointContext) -> Option<()> {
     let sk = ctx.arg::<*const c_void>(0) as u64;
     let skb = ctx.arg::<*const c_void>(1) as u64;
     // The tracepoint's own `state` is sk->sk_state, or 0 without a socket.
-    let state = if sk != 0 { socket::state(sk) } else { STATE_NONE };
+    let state = if sk != 0 { socket::state::<Btf>(sk) } else { STATE_NONE };
     // The verifier only allows constant context offsets; `reason` is the third argument since
     // 6.10 (on older kernels the daemon attaches the classic tracepoint instead).
     let reason = match conf!(btf_send_reason_arg) {
         2 => ctx.arg::<u64>(2) as u16,
         _ => REASON_NONE,
     };
-    send_reset(sk, skb, state, reason)
+    send_reset::<Btf>(sk, skb, state, reason, 0)
 }
 
 /// kprobe on `tcp_v4_send_reset(sk, skb)` / `tcp_v6_send_reset(sk, skb)`, for kernels whose
@@ -59,53 +64,48 @@ pub fn on_send_reset_btf(ctx: &BtfTracePointContext) -> Option<()> {
 pub fn on_send_reset_kprobe(ctx: &ProbeContext) -> Option<()> {
     let sk: u64 = ctx.arg::<*const c_void>(0)? as u64;
     let skb: u64 = ctx.arg::<*const c_void>(1)? as u64;
-    let state = if sk != 0 { socket::state(sk) } else { STATE_NONE };
+    let state = if sk != 0 { socket::state::<Probe>(sk) } else { STATE_NONE };
     if sk != 0 && state != tcp_state::TIME_WAIT && state != tcp_state::NEW_SYN_RECV {
         return None; // a full socket: the tracepoint has it
     }
     // The function returns at once, sending nothing, when the segment is itself a reset.
-    if skb == 0 || segment::is_reset(skb) {
+    if skb == 0 || segment::is_reset::<Probe>(skb) {
         return None;
     }
-    send_reset_with(sk, skb, state, REASON_NONE, extra_fact::FROM_KPROBE)
-}
-
-fn send_reset(sk: u64, skb: u64, state: u8, reason: u16) -> Option<()> {
-    send_reset_with(sk, skb, state, reason, 0)
+    send_reset::<Probe>(sk, skb, state, REASON_NONE, extra_fact::FROM_KPROBE)
 }
 
 #[inline(always)]
-fn send_reset_with(sk: u64, skb: u64, state: u8, reason: u16, extra_facts: u8) -> Option<()> {
-    let ev = scratch_event()?;
-    ev.key.direction = DIRECTION_SENT;
+fn send_reset<K: Conns>(sk: u64, skb: u64, state: u8, reason: u16, extra_facts: u8) -> Option<()> {
+    let mut space = MaybeUninit::uninit();
+    let ev = new_event(&mut space, DIRECTION_SENT, state);
     ev.key.extra_facts = extra_facts;
-    ev.key.state = state;
     ev.key.reason = reason;
-    fill_common(ev, sk);
+    let cookie = fill_common::<K>(ev, sk);
     if skb != 0 {
         // A reply to a segment: the segment says who the peer is, even when the socket is a
         // listener (whose remote address is 0) or there is no socket at all.
-        segment::describe_trigger(ev, skb);
+        segment::describe_trigger::<K>(ev, skb);
     } else if sk != 0 {
-        socket::addresses(ev, sk);
+        socket::addresses::<K>(ev, sk);
     }
     if sk != 0 {
         if state == tcp_state::TIME_WAIT {
-            if socket::tw_substate(ev, sk) == tcp_state::FIN_WAIT2 {
+            if socket::tw_substate::<K>(ev, sk) == tcp_state::FIN_WAIT2 {
                 ev.key.facts |= fact::TW_FIN_WAIT2;
             }
+            K::timewait_owner_into(sk, cookie, ev);
         } else if state != tcp_state::NEW_SYN_RECV && state != tcp_state::LISTEN {
-            socket::connection_facts(ev, sk);
+            socket::connection_facts::<K>(ev, sk);
         }
-        if let Some(last) = take_last_receive(sk, ev.ts_ns) {
+        if let Some(false_receive) = take_last_receive(K::identity(sk, cookie), ev.ts_ns) {
             // The kernel raised a receive_reset on this orphan itself, just before answering new
             // data with this reset: that was never a received RST, so take its count back.
-            uncount(&last.key);
+            uncount(false_receive);
             ev.flags |= event_flag::UNDID_FALSE_RECEIVE;
         }
-        set_timewait_owner(ev, state);
     }
-    finish(ev);
+    finish::<K>(ev);
     Some(())
 }
 
@@ -115,30 +115,34 @@ pub fn on_receive_reset(ctx: &TracePointContext) -> Option<()> {
         ABSENT => 0,
         off => tp_field(ctx, off).unwrap_or(0),
     };
-    receive_reset(sk, cookie)
+    receive_reset::<Probe>(sk, cookie)
 }
 
 /// BTF tracepoint: `TP_PROTO(sk)`.
 pub fn on_receive_reset_btf(ctx: &BtfTracePointContext) -> Option<()> {
-    receive_reset(ctx.arg::<*const c_void>(0) as u64, 0)
+    receive_reset::<Btf>(ctx.arg::<*const c_void>(0) as u64, 0)
 }
 
-fn receive_reset(sk: u64, cookie: u64) -> Option<()> {
+#[inline(always)]
+fn receive_reset<K: Conns>(sk: u64, cookie: u64) -> Option<()> {
     if sk == 0 {
         return None;
     }
-    let ev = scratch_event()?;
-    ev.cookie = cookie;
-    ev.key.direction = DIRECTION_RECEIVED;
-    ev.key.reason = REASON_NONE;
     // The tracepoint fires before tcp_reset() moves the socket to CLOSE: this is the state the
     // connection was in when the RST arrived.
-    let state = socket::state(sk);
-    ev.key.state = state;
-    fill_common(ev, sk);
-    socket::addresses(ev, sk);
-    socket::connection_facts(ev, sk);
-    set_timewait_owner(ev, state);
+    let state = socket::state::<K>(sk);
+    let mut space = MaybeUninit::uninit();
+    let ev = new_event(&mut space, DIRECTION_RECEIVED, state);
+    ev.key.reason = REASON_NONE;
+    let own_cookie = fill_common::<K>(ev, sk);
+    if own_cookie == 0 {
+        ev.cookie = cookie;
+    }
+    socket::addresses::<K>(ev, sk);
+    socket::connection_facts::<K>(ev, sk);
+    if state == tcp_state::TIME_WAIT {
+        K::timewait_owner_into(sk, own_cookie, ev);
+    }
     let flow = flow_of(ev);
     if let Some(rejected_at) = unsafe { REJECTED.get(&flow) } {
         if ev.ts_ns.wrapping_sub(*rejected_at) <= INJECTED_WINDOW_NS {
@@ -153,64 +157,47 @@ fn receive_reset(sk: u64, cookie: u64) -> Option<()> {
     if closing {
         ev.flags |= event_flag::RECEIVE_WHILE_CLOSING;
     }
-    finish(ev);
+    finish::<K>(ev);
     if closing {
-        remember_last_receive(&LastReceive { sk, ts_ns: ev.ts_ns, key: ev.key });
+        // May be the kernel's own (see UNDID_FALSE_RECEIVE): the reset it sends next on this
+        // socket looks for this note.
+        remember_last_receive(K::identity(sk, own_cookie), ev.ts_ns, &ev.key);
     }
     Some(())
 }
 
-/// Fields every event has, whatever the socket: time, task, and what the daemon remembered.
+/// A zeroed event in the caller's stack space, without the copy a returned value would cost
+/// (the stack has room for one event, not two).
 #[inline(always)]
-fn fill_common(ev: &mut ResetEvent, sk: u64) {
+fn new_event(space: &mut MaybeUninit<ResetEvent>, direction: u8, state: u8) -> &mut ResetEvent {
+    let ev = unsafe { &mut *space.as_mut_ptr() };
+    words::zero(ev);
     ev.kind = EVENT_RESET;
+    ev.key.direction = direction;
+    ev.key.state = state;
+    ev
+}
+
+/// Fields every event has, whatever the socket: time, task, and what was remembered about the
+/// connection. Returns the socket's cookie where this kind of program has one (0 otherwise).
+#[inline(always)]
+fn fill_common<K: Conns>(ev: &mut ResetEvent, sk: u64) -> u64 {
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     let pid_tgid = bpf_get_current_pid_tgid();
     ev.tgid = (pid_tgid >> 32) as u32;
     ev.pid = pid_tgid as u32;
     ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     ev.skaddr = sk;
-    if sk == 0 {
-        return;
+    if sk == 0 || ev.key.state == tcp_state::NEW_SYN_RECV {
+        return 0;
     }
-    if let Some(info) = unsafe { CONN.get(&sk) } {
-        if ev.key.state == tcp_state::CLOSE {
-            ev.key.prior_state = info.prior_state;
-        }
-        if info.birth_ns != 0 {
-            ev.birth_ns = info.birth_ns;
-            ev.flags |= event_flag::BIRTH_KNOWN;
-        }
-        if info.passive != 0 {
-            ev.key.facts |= fact::PASSIVE;
-        }
-        // A time-wait socket is not the connection's socket: its owner is found by flow, later.
-        if info.owner_known != 0 && ev.key.state != tcp_state::TIME_WAIT {
-            apply_owner(ev, &info.owner);
-        }
+    let cookie = K::cookie(sk);
+    ev.cookie = cookie;
+    // A time-wait socket is not the connection's socket: its owner is found apart, later.
+    if ev.key.state != tcp_state::TIME_WAIT {
+        K::recall_into(sk, cookie, ev);
     }
-}
-
-/// The owner of a time-wait socket, by the 4-tuple of the connection it stands for (full sockets
-/// got theirs in `fill_common`, from the same lookup that gave birth and prior state).
-#[inline(always)]
-fn set_timewait_owner(ev: &mut ResetEvent, state: u8) {
-    if state != tcp_state::TIME_WAIT {
-        return;
-    }
-    if let Some(owner) = conn::timewait_owner(&flow_of(ev)) {
-        apply_owner(ev, &owner);
-    }
-}
-
-#[inline(always)]
-fn apply_owner(ev: &mut ResetEvent, owner: &Owner) {
-    ev.owner = *owner;
-    ev.key.comm = owner.comm;
-    if conf!(count_by_cgroup) != 0 {
-        ev.key.cgroup_id = owner.cgroup_id;
-    }
-    ev.key.facts |= fact::OWNER_KNOWN;
+    cookie
 }
 
 #[inline(always)]
@@ -225,20 +212,14 @@ pub fn flow_of(ev: &ResetEvent) -> FlowKey {
     }
 }
 
-/// Decide the service port, count, hand the details to userspace, and leave a note for the
-/// socket error that may follow.
+/// Decide the service port, count, hand the details to userspace, and (classic programs, whose
+/// error tracepoint has no socket) leave a note for the socket error that may follow.
 #[inline(always)]
-fn finish(ev: &mut ResetEvent) {
+fn finish<K: Conns>(ev: &mut ResetEvent) {
     ev.key.port = socket::service_port(ev);
     count(&ev.key);
     emit(ev);
-    remember_last_reset(&LastReset {
-        flow: flow_of(ev),
-        ts_ns: ev.ts_ns,
-        skaddr: ev.skaddr,
-        owner: ev.owner,
-        owner_known: (ev.key.facts & fact::OWNER_KNOWN != 0) as u32,
-        port: ev.key.port,
-        _pad: 0,
-    });
+    if K::ERRORS_NEED_NOTE {
+        remember_last_reset(ev);
+    }
 }

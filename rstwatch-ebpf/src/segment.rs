@@ -3,7 +3,7 @@
 
 use rstwatch_common::{AF_INET, AF_INET6, ResetEvent, fact};
 
-use crate::read::{conf, kernel};
+use crate::read::{Kernel, conf, probe};
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
@@ -12,16 +12,18 @@ const TCP_ACK: u8 = 0x10;
 
 /// The segment's RST flag: the kernel never answers a reset with a reset.
 #[inline(always)]
-pub fn is_reset(skb: u64) -> bool {
-    let Some(data) = kernel::<u64>(skb, conf!(skb_data)) else { return false };
-    kernel::<u8>(data, 13).is_some_and(|flags| flags & TCP_RST != 0)
+pub fn is_reset<K: Kernel>(skb: u64) -> bool {
+    let data = K::read::<u64>(skb, conf!(skb_data));
+    probe::<u8>(data, 13).is_some_and(|flags| flags & TCP_RST != 0)
 }
 
+/// The packet bytes are behind plain `unsigned char *` pointers, which BTF does not type: those
+/// are read with the helper whatever the program.
 #[inline(always)]
-pub fn describe_trigger(ev: &mut ResetEvent, skb: u64) {
-    let Some(data) = kernel::<u64>(skb, conf!(skb_data)) else { return };
-    let Some(tcp) = kernel::<[u8; 16]>(data, 0) else { return };
-    let len = kernel::<u32>(skb, conf!(skb_len)).unwrap_or(0);
+pub fn describe_trigger<K: Kernel>(ev: &mut ResetEvent, skb: u64) {
+    let data = K::read::<u64>(skb, conf!(skb_data));
+    let Some(tcp) = probe::<[u8; 16]>(data, 0) else { return };
+    let len = K::read::<u32>(skb, conf!(skb_len));
 
     let flags = tcp[13];
     let header_len = ((tcp[12] >> 4) as u32) * 4;
@@ -44,18 +46,18 @@ pub fn describe_trigger(ev: &mut ResetEvent, skb: u64) {
     ev.remote_port = u16::from_be_bytes([tcp[0], tcp[1]]);
     ev.local_port = u16::from_be_bytes([tcp[2], tcp[3]]);
 
-    let head = kernel::<u64>(skb, conf!(skb_head)).unwrap_or(0);
-    let network_header = kernel::<u16>(skb, conf!(skb_network_header)).unwrap_or(0);
+    let head = K::read::<u64>(skb, conf!(skb_head));
+    let network_header = K::read::<u16>(skb, conf!(skb_network_header));
     let ip = head + network_header as u64;
-    let Some(version) = kernel::<u8>(ip, 0) else { return };
+    let Some(version) = probe::<u8>(ip, 0) else { return };
     if version >> 4 == 6 {
         ev.family = AF_INET6;
-        ev.remote_addr = kernel::<[u8; 16]>(ip, 8).unwrap_or([0; 16]);
-        ev.local_addr = kernel::<[u8; 16]>(ip, 24).unwrap_or([0; 16]);
+        ev.remote_addr = probe::<[u8; 16]>(ip, 8).unwrap_or([0; 16]);
+        ev.local_addr = probe::<[u8; 16]>(ip, 24).unwrap_or([0; 16]);
     } else {
         ev.family = AF_INET;
-        let remote = kernel::<[u8; 4]>(ip, 12).unwrap_or([0; 4]);
-        let local = kernel::<[u8; 4]>(ip, 16).unwrap_or([0; 4]);
+        let remote = probe::<[u8; 4]>(ip, 12).unwrap_or([0; 4]);
+        let local = probe::<[u8; 4]>(ip, 16).unwrap_or([0; 4]);
         ev.remote_addr[..4].copy_from_slice(&remote);
         ev.local_addr[..4].copy_from_slice(&local);
     }

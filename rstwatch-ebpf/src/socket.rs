@@ -3,67 +3,77 @@
 
 use rstwatch_common::{AF_INET6, FlowKey, ResetEvent, event_flag, extra_fact, fact, tcp_state};
 
-use crate::read::{conf, kernel};
-
+use crate::read::{Kernel, conf};
 
 #[inline(always)]
-pub fn state(sk: u64) -> u8 {
-    kernel::<u8>(sk, conf!(sk_state)).unwrap_or(0)
+pub fn state<K: Kernel>(sk: u64) -> u8 {
+    K::read::<u8>(sk, conf!(sk_state))
 }
 
 #[inline(always)]
-pub fn tw_substate(ev: &mut ResetEvent, sk: u64) -> u8 {
-    let substate = kernel::<u8>(sk, conf!(tw_substate)).unwrap_or(0);
+pub fn tw_substate<K: Kernel>(ev: &mut ResetEvent, sk: u64) -> u8 {
+    let tw = K::timewait_sock(sk);
+    let substate = if tw != 0 { K::read::<u8>(tw, conf!(tw_substate)) } else { 0 };
     ev.tw_substate = substate;
     substate
 }
 
-/// Local and remote endpoints of a full socket.
+/// Local and remote endpoints of a full socket, read straight into the event (a FlowKey on the
+/// way would cost stack the reset programs do not have).
 #[inline(always)]
-pub fn addresses(ev: &mut ResetEvent, sk: u64) {
-    let flow = flow(sk);
-    ev.family = flow.family;
-    ev.local_port = flow.local_port;
-    ev.remote_port = flow.remote_port;
-    ev.local_addr = flow.local_addr;
-    ev.remote_addr = flow.remote_addr;
+pub fn addresses<K: Kernel>(ev: &mut ResetEvent, sk: u64) {
+    ev.family = K::read::<u16>(sk, conf!(sk_family));
+    ev.local_port = local_port::<K>(K::tcp_sock(sk));
+    ev.remote_port = u16::from_be(K::read::<u16>(sk, conf!(sk_dport)));
+    if ev.family == AF_INET6 {
+        ev.local_addr = K::read::<[u8; 16]>(sk, conf!(sk_v6_rcv_saddr));
+        ev.remote_addr = K::read::<[u8; 16]>(sk, conf!(sk_v6_daddr));
+    } else {
+        ev.local_addr[..4].copy_from_slice(&K::read::<[u8; 4]>(sk, conf!(sk_rcv_saddr)));
+        ev.remote_addr[..4].copy_from_slice(&K::read::<[u8; 4]>(sk, conf!(sk_daddr)));
+    }
 }
 
+/// The 4-tuple of a full socket (the local port lives in `inet_sock`, beyond `struct sock`).
 #[inline(always)]
-pub fn flow(sk: u64) -> FlowKey {
-    let family = kernel::<u16>(sk, conf!(sk_family)).unwrap_or(0);
+pub fn flow<K: Kernel>(sk: u64) -> FlowKey {
+    let family = K::read::<u16>(sk, conf!(sk_family));
     let mut flow = FlowKey {
         family,
-        local_port: local_port(sk),
-        remote_port: u16::from_be(kernel::<u16>(sk, conf!(sk_dport)).unwrap_or(0)),
+        local_port: local_port::<K>(K::tcp_sock(sk)),
+        remote_port: u16::from_be(K::read::<u16>(sk, conf!(sk_dport))),
         ..FlowKey::default()
     };
     if family == AF_INET6 {
-        flow.local_addr = kernel::<[u8; 16]>(sk, conf!(sk_v6_rcv_saddr)).unwrap_or([0; 16]);
-        flow.remote_addr = kernel::<[u8; 16]>(sk, conf!(sk_v6_daddr)).unwrap_or([0; 16]);
+        flow.local_addr = K::read::<[u8; 16]>(sk, conf!(sk_v6_rcv_saddr));
+        flow.remote_addr = K::read::<[u8; 16]>(sk, conf!(sk_v6_daddr));
     } else {
-        let local = kernel::<[u8; 4]>(sk, conf!(sk_rcv_saddr)).unwrap_or([0; 4]);
-        let remote = kernel::<[u8; 4]>(sk, conf!(sk_daddr)).unwrap_or([0; 4]);
+        let local = K::read::<[u8; 4]>(sk, conf!(sk_rcv_saddr));
+        let remote = K::read::<[u8; 4]>(sk, conf!(sk_daddr));
         flow.local_addr[..4].copy_from_slice(&local);
         flow.remote_addr[..4].copy_from_slice(&remote);
     }
     flow
 }
 
-/// `inet_sport`: unlike `skc_num` it survives the unhash tcp_set_state(CLOSE) does.
+/// `inet_sport` of a full socket: unlike `skc_num` it survives the unhash tcp_set_state(CLOSE)
+/// does. 0 when `tp` is 0 (not a full socket).
 #[inline(always)]
-pub fn local_port(sk: u64) -> u16 {
-    u16::from_be(kernel::<u16>(sk, conf!(inet_sport)).unwrap_or(0))
+pub fn local_port<K: Kernel>(tp: u64) -> u16 {
+    if tp == 0 {
+        return 0;
+    }
+    u16::from_be(K::read::<u16>(tp, conf!(inet_sport)))
 }
 
 /// Inode number of the socket's network namespace.
 #[inline(always)]
-pub fn netns(sk: u64) -> u32 {
-    let Some(net) = kernel::<u64>(sk, conf!(sk_net)) else { return 0 };
+pub fn netns<K: Kernel>(sk: u64) -> u32 {
+    let net = K::read::<u64>(sk, conf!(sk_net));
     if net == 0 {
         return 0;
     }
-    kernel::<u32>(net, conf!(net_inum)).unwrap_or(0)
+    K::read::<u32>(net, conf!(net_inum))
 }
 
 /// The port that names the service: the listener's port, whichever side of the connection we are.
@@ -76,7 +86,7 @@ pub fn service_port(ev: &ResetEvent) -> u16 {
     if ev.skaddr == 0 || state == tcp_state::LISTEN || state == tcp_state::NEW_SYN_RECV {
         return ev.local_port;
     }
-    if ev.key.facts & fact::PASSIVE != 0 {
+    if ev.flags & event_flag::ACCEPTED != 0 {
         return ev.local_port;
     }
     if ev.flags & event_flag::BIRTH_KNOWN != 0 {
@@ -99,24 +109,27 @@ pub fn guess_service_port(local_port: u16, remote_port: u16) -> u16 {
 /// The life of a full TCP connection up to the reset: bytes, idle stamps, unread/unsent data,
 /// whether the application still holds it and how it asked to be closed.
 #[inline(always)]
-pub fn connection_facts(ev: &mut ResetEvent, sk: u64) {
+pub fn connection_facts<K: Kernel>(ev: &mut ResetEvent, sk: u64) {
+    let tp = K::tcp_sock(sk);
+    if tp == 0 {
+        return;
+    }
     ev.key.facts |= fact::FULL_SOCKET;
 
-    if kernel::<u8>(sk, conf!(icsk_probes_out)).unwrap_or(0) != 0 {
+    if K::read::<u8>(tp, conf!(icsk_probes_out)) != 0 {
         ev.key.extra_facts |= extra_fact::PROBES_UNANSWERED;
     }
-    let socket_ptr = kernel::<u64>(sk, conf!(sk_socket)).unwrap_or(0);
-    if socket_ptr == 0 {
+    if K::read::<u64>(tp, conf!(sk_socket)) == 0 {
         ev.key.facts |= fact::ORPHAN;
     }
-    let flags = kernel::<u64>(sk, conf!(sk_flags)).unwrap_or(0);
+    let flags = K::read::<u64>(tp, conf!(sk_flags));
     let linger_on = (flags >> (conf!(sock_linger_bit) & 63)) & 1 == 1;
-    if linger_on && kernel::<i64>(sk, conf!(sk_lingertime)).unwrap_or(-1) == 0 {
+    if linger_on && K::read::<i64>(tp, conf!(sk_lingertime)) == 0 {
         ev.key.facts |= fact::LINGER_ZERO;
     }
 
-    ev.bytes_received = kernel::<u64>(sk, conf!(tcp_bytes_received)).unwrap_or(0);
-    ev.bytes_acked = kernel::<u64>(sk, conf!(tcp_bytes_acked)).unwrap_or(0);
+    ev.bytes_received = K::read::<u64>(tp, conf!(tcp_bytes_received));
+    ev.bytes_acked = K::read::<u64>(tp, conf!(tcp_bytes_acked));
     if ev.bytes_received == 0 {
         ev.key.facts |= fact::NOTHING_RECEIVED;
     }
@@ -124,25 +137,25 @@ pub fn connection_facts(ev: &mut ResetEvent, sk: u64) {
         ev.key.extra_facts |= extra_fact::DATA_ACKED;
     }
 
-    let rcv_nxt = kernel::<u32>(sk, conf!(tcp_rcv_nxt)).unwrap_or(0);
-    let copied_seq = kernel::<u32>(sk, conf!(tcp_copied_seq)).unwrap_or(0);
+    let rcv_nxt = K::read::<u32>(tp, conf!(tcp_rcv_nxt));
+    let copied_seq = K::read::<u32>(tp, conf!(tcp_copied_seq));
     // A received FIN advances rcv_nxt by one but is no data; reading EOF moves copied_seq past it.
     let fin_received = (flags >> (conf!(sock_done_bit) & 63)) & 1;
     ev.unread_bytes = positive(rcv_nxt.wrapping_sub(copied_seq).wrapping_sub(fin_received as u32));
     if ev.unread_bytes != 0 {
         ev.key.facts |= fact::UNREAD_DATA;
     }
-    let write_seq = kernel::<u32>(sk, conf!(tcp_write_seq)).unwrap_or(0);
-    let snd_nxt = kernel::<u32>(sk, conf!(tcp_snd_nxt)).unwrap_or(0);
+    let write_seq = K::read::<u32>(tp, conf!(tcp_write_seq));
+    let snd_nxt = K::read::<u32>(tp, conf!(tcp_snd_nxt));
     ev.unsent_bytes = positive(write_seq.wrapping_sub(snd_nxt));
     if ev.unsent_bytes != 0 {
         ev.key.facts |= fact::UNSENT_DATA;
     }
 
     ev.now_jiffies = unsafe { aya_ebpf::helpers::generated::bpf_jiffies64() } as u32;
-    ev.lsndtime = kernel::<u32>(sk, conf!(tcp_lsndtime)).unwrap_or(0);
-    ev.rcv_tstamp = kernel::<u32>(sk, conf!(tcp_rcv_tstamp)).unwrap_or(0);
-    ev.lrcvtime = kernel::<u32>(sk, conf!(icsk_lrcvtime)).unwrap_or(0);
+    ev.lsndtime = K::read::<u32>(tp, conf!(tcp_lsndtime));
+    ev.rcv_tstamp = K::read::<u32>(tp, conf!(tcp_rcv_tstamp));
+    ev.lrcvtime = K::read::<u32>(tp, conf!(icsk_lrcvtime));
     if idle_before_send(ev.lsndtime, later(ev.rcv_tstamp, ev.lrcvtime)) {
         ev.key.facts |= fact::IDLE_BEFORE_SEND;
     }

@@ -25,6 +25,10 @@ pub struct ProbeSpec {
     pub required: bool,
     /// Whether the kernel layout gave this program what it reads.
     pub usable: fn(&Config) -> bool,
+    /// It keeps or reads the per-connection memory, which tp_btf and classic programs keep in
+    /// different maps (by socket cookie, by socket address): all such programs must be of one
+    /// kind, so if one of them cannot be a tp_btf program, none of them is.
+    pub shares_memory: bool,
 }
 
 pub const PROBES: &[ProbeSpec] = &[
@@ -36,6 +40,7 @@ pub const PROBES: &[ProbeSpec] = &[
         event: "tcp_send_reset",
         required: true,
         usable: |_| true,
+        shares_memory: true,
     },
     ProbeSpec {
         name: "tcp_receive_reset",
@@ -45,6 +50,7 @@ pub const PROBES: &[ProbeSpec] = &[
         event: "tcp_receive_reset",
         required: true,
         usable: |_| true,
+        shares_memory: true,
     },
     ProbeSpec {
         name: "inet_sock_set_state",
@@ -54,6 +60,7 @@ pub const PROBES: &[ProbeSpec] = &[
         event: "inet_sock_set_state",
         required: false,
         usable: |_| true,
+        shares_memory: true,
     },
     ProbeSpec {
         name: "inet_sk_error_report",
@@ -63,6 +70,7 @@ pub const PROBES: &[ProbeSpec] = &[
         event: "inet_sk_error_report",
         required: false,
         usable: |config| config.error_error != ABSENT,
+        shares_memory: true,
     },
     ProbeSpec {
         name: "kfree_skb",
@@ -72,6 +80,7 @@ pub const PROBES: &[ProbeSpec] = &[
         event: "kfree_skb",
         required: false,
         usable: |config| config.kfree_reason != ABSENT,
+        shares_memory: false,
     },
 ];
 
@@ -124,23 +133,45 @@ pub fn load_and_attach(
     };
     let mut status: Vec<(&'static str, ProbeStatus)> = Vec::new();
     let mut reset_programs = Vec::new();
+    let usable = |spec: &ProbeSpec| (spec.usable)(&layout.config);
+    let has_btf = |spec: &ProbeSpec| layout.btf_tracepoints.contains_key(spec.event);
+    let shared_btf = match &btf {
+        Some(btf) => match load_btf_group(&mut ebpf, btf, usable, has_btf) {
+            Ok(()) => true,
+            Err(err) => {
+                // The verifier's log is long: its first line here, all of it at debug level.
+                let text = format!("{err:#}");
+                warn!("BTF tracepoints refused ({}); using classic tracepoints for the reset, state and error probes", text.lines().next().unwrap_or_default());
+                log::debug!("BTF tracepoints refused: {text}");
+                false
+            }
+        },
+        None => false,
+    };
     for spec in PROBES {
-        if !(spec.usable)(&layout.config) {
+        if !usable(spec) {
             let why = format!("this kernel's {}:{} lacks a field rstwatch reads", spec.category, spec.event);
             status.push((spec.name, ProbeStatus::Missing(why)));
             continue;
         }
-        let btf_ok = btf.as_ref().filter(|_| layout.btf_tracepoints.contains_key(spec.event));
-        let result = match btf_ok.map(|btf| attach_btf(&mut ebpf, spec, btf)) {
-            Some(Ok(())) => Ok(spec.btf_program),
-            Some(Err(err)) => {
-                // The verifier's log is long: its first line here, all of it at debug level.
-                let text = format!("{err:#}");
-                warn!("{}: BTF tracepoint refused ({}); using the classic tracepoint", spec.event, text.lines().next().unwrap_or_default());
-                log::debug!("{}: BTF tracepoint refused: {text}", spec.event);
+        let result = if spec.shares_memory {
+            if shared_btf {
+                attach_loaded_btf(&mut ebpf, spec).map(|()| spec.btf_program)
+            } else {
                 attach(&mut ebpf, spec).map(|()| spec.program)
             }
-            None => attach(&mut ebpf, spec).map(|()| spec.program),
+        } else {
+            let btf_ok = btf.as_ref().filter(|_| has_btf(spec));
+            match btf_ok.map(|btf| attach_btf(&mut ebpf, spec, btf)) {
+                Some(Ok(())) => Ok(spec.btf_program),
+                Some(Err(err)) => {
+                    let text = format!("{err:#}");
+                    warn!("{}: BTF tracepoint refused ({}); using the classic tracepoint", spec.event, text.lines().next().unwrap_or_default());
+                    log::debug!("{}: BTF tracepoint refused: {text}", spec.event);
+                    attach(&mut ebpf, spec).map(|()| spec.program)
+                }
+                None => attach(&mut ebpf, spec).map(|()| spec.program),
+            }
         };
         match result {
             Ok(program) => {
@@ -225,13 +256,61 @@ fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec) -> anyhow::Result<()> {
 }
 
 fn attach_btf(ebpf: &mut Ebpf, spec: &ProbeSpec, btf: &Btf) -> anyhow::Result<()> {
+    load_btf(ebpf, spec, btf)?;
+    attach_loaded_btf(ebpf, spec)
+}
+
+fn load_btf(ebpf: &mut Ebpf, spec: &ProbeSpec, btf: &Btf) -> anyhow::Result<()> {
     let Some(program) = ebpf.program_mut(spec.btf_program) else {
         bail!("program {} missing from the eBPF object (build problem)", spec.btf_program);
     };
     let program: &mut BtfTracePoint = program.try_into()?;
-    program.load(spec.event, btf).context("loading")?;
+    program.load(spec.event, btf).with_context(|| format!("loading {}", spec.btf_program))
+}
+
+fn attach_loaded_btf(ebpf: &mut Ebpf, spec: &ProbeSpec) -> anyhow::Result<()> {
+    let Some(program) = ebpf.program_mut(spec.btf_program) else {
+        bail!("program {} missing from the eBPF object (build problem)", spec.btf_program);
+    };
+    let program: &mut BtfTracePoint = program.try_into()?;
     program.attach().context("attaching")?;
     Ok(())
+}
+
+/// Load the tp_btf programs that share the per-connection memory, all or none: where one is
+/// refused (or the kernel lacks its BTF tracepoint while the classic one can stand in for it),
+/// the ones already loaded are unloaded again. Probes the layout leaves unusable do not count.
+fn load_btf_group(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    usable: impl Fn(&ProbeSpec) -> bool,
+    has_btf: impl Fn(&ProbeSpec) -> bool,
+) -> anyhow::Result<()> {
+    let group = PROBES.iter().filter(|spec| spec.shares_memory && usable(spec));
+    let mut loaded = Vec::new();
+    let mut result = Ok(());
+    for spec in group {
+        if !has_btf(spec) {
+            result = Err(anyhow::anyhow!("the kernel's BTF has no tracepoint {} for it", spec.event));
+            break;
+        }
+        match load_btf(ebpf, spec, btf) {
+            Ok(()) => loaded.push(spec),
+            Err(err) => {
+                result = Err(err.context(format!("{}: BTF tracepoint refused", spec.event)));
+                break;
+            }
+        }
+    }
+    if result.is_err() {
+        for spec in loaded {
+            if let Some(program) = ebpf.program_mut(spec.btf_program) {
+                let program: &mut BtfTracePoint = program.try_into()?;
+                program.unload().with_context(|| format!("unloading {}", spec.btf_program))?;
+            }
+        }
+    }
+    result
 }
 
 fn program_fd(ebpf: &Ebpf, name: &str) -> anyhow::Result<ProgramFd> {
