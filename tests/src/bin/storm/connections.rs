@@ -19,7 +19,8 @@ const ACCEPT_POLL: Duration = Duration::from_millis(100);
 /// Longest wait for the peer within one connection (both sides), so nothing blocks unbounded.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
 
-type Joined = Box<dyn FnOnce() -> Result<(Vec<ThreadResult>, Vec<ThreadResult>)>>;
+/// Waits for the workers: (clients, servers).
+pub type Joined = Box<dyn FnOnce() -> Result<(Vec<ThreadResult>, Vec<ThreadResult>)>>;
 
 /// Per-namespace settings (they vanish with the namespace): every client close leaves a TIME_WAIT
 /// socket on an ephemeral port for 60 s, so use the whole port range and let connect() reuse

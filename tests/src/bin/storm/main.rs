@@ -233,7 +233,7 @@ fn main() -> Result<()> {
             Workload::Connections => o.threads,
         };
     let start = Arc::new(Start { line: Barrier::new(workers + 1), deadline: OnceLock::new() });
-    let run: Box<dyn FnOnce() -> Result<(Vec<ThreadResult>, Vec<ThreadResult>)>> = match o.workload {
+    let run: connections::Joined = match o.workload {
         Workload::Refused => {
             let handles = refused::spawn(&o, &start)?;
             Box::new(move || Ok((join(handles)?, Vec::new())))
