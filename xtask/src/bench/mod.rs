@@ -15,9 +15,9 @@
 //! Every run is in a fresh network namespace (so its `Tcp: OutRsts` delta is its own), bounded by
 //! time and count, on loopback. Ratios are per round against that round's bare run: the rate ratio
 //! (operations/s) and the CPU-per-operation ratio (getrusage of the generator threads), summarised
-//! as min/median/max. After the rounds, one profile round per tool runs with
+//! as min/median/max. After the rounds, profile rounds per tool run with
 //! `kernel.bpf_stats_enabled=1` (restored afterwards) for each BPF program's run_time_ns/run_cnt;
-//! it is kept out of the ratios, because the statistics themselves cost time per program run.
+//! they are kept out of the ratios, because the statistics themselves cost time per program run.
 
 mod measure;
 mod report;
@@ -75,6 +75,11 @@ pub struct Options {
     /// Leave out the per-program profile rounds (kernel.bpf_stats_enabled=1).
     #[arg(long)]
     pub no_profile: bool,
+    /// Profile rounds per tool and configuration. A tool's programs also run for other processes'
+    /// connections and resets on the host; the report takes the round with the fewest program runs
+    /// per operation, the least disturbed one.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub profile_rounds: u32,
     /// An extra rstwatch mode with extra daemon arguments, e.g. `ring4k=--ring-buffer-kib 4`.
     #[arg(long = "variant", value_name = "LABEL=ARGS")]
     pub variants: Vec<String>,
@@ -343,11 +348,13 @@ pub fn run(root: &Path, options: Options) -> anyhow::Result<()> {
                         config.samples.push(sample);
                     }
                 }
-                if !options.no_profile {
-                    for mode in modes.iter().filter(|m| !matches!(m, Mode::Bare)) {
+                let tools: Vec<&Mode> = modes.iter().filter(|m| !matches!(m, Mode::Bare)).collect();
+                for round in (1..=options.profile_rounds).filter(|_| !options.no_profile) {
+                    for k in 0..tools.len() {
+                        let mode = tools[(k + round as usize - 1) % tools.len()];
                         let _stats = SysctlGuard::set("kernel.bpf_stats_enabled", "1", &out)?;
                         netns_n += 1;
-                        let sample = measure::measure(&rstwatch, &storm, &spec, mode, 0, true, &out, netns_n)?;
+                        let sample = measure::measure(&rstwatch, &storm, &spec, mode, round, true, &out, netns_n)?;
                         eprintln!("xtask:   {}", report::one_line(&sample));
                         config.samples.push(sample);
                     }

@@ -19,8 +19,9 @@ const ACCEPT_POLL: Duration = Duration::from_millis(100);
 /// Longest wait for the peer within one connection (both sides), so nothing blocks unbounded.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Waits for the workers: (clients, servers).
-pub type Joined = Box<dyn FnOnce() -> Result<(Vec<ThreadResult>, Vec<ThreadResult>)>>;
+/// Waits for the workers: (clients, servers, when the clients were done), the time the servers take
+/// to notice the stop left out.
+pub type Joined = Box<dyn FnOnce() -> Result<(Vec<ThreadResult>, Vec<ThreadResult>, Instant)>>;
 
 /// Per-namespace settings (they vanish with the namespace): every client close leaves a TIME_WAIT
 /// socket on an ephemeral port for 60 s, so use the whole port range and let connect() reuse
@@ -182,7 +183,7 @@ fn client(r: &mut ThreadResult, target: &libc::sockaddr_in, deadline: Instant, m
 }
 
 /// Listen, start the server and client threads; the returned closure waits for the clients, then
-/// stops the servers, and returns (clients, servers).
+/// stops the servers.
 pub fn spawn(o: &Options, start: &Arc<Start>) -> Result<Joined> {
     let lfd = listener(o).context("the connection workload's listener")?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -195,9 +196,10 @@ pub fn spawn(o: &Options, start: &Arc<Start>) -> Result<Joined> {
     })?;
     Ok(Box::new(move || {
         let clients = join(clients);
+        let done = Instant::now();
         // Every connection a client started has been answered: the servers only wait now.
         stop.store(true, Ordering::Relaxed);
         let servers = join(servers)?;
-        Ok((clients?, servers))
+        Ok((clients?, servers, done))
     }))
 }

@@ -236,7 +236,7 @@ fn main() -> Result<()> {
     let run: connections::Joined = match o.workload {
         Workload::Refused => {
             let handles = refused::spawn(&o, &start)?;
-            Box::new(move || Ok((join(handles)?, Vec::new())))
+            Box::new(move || Ok((join(handles)?, Vec::new(), Instant::now())))
         }
         Workload::Connections => {
             if o.netns.is_some() {
@@ -251,8 +251,8 @@ fn main() -> Result<()> {
     start.line.wait();
     let started = Instant::now();
     let _ = start.deadline.set(started + o.duration);
-    let (clients, servers) = run()?;
-    let wall = started.elapsed();
+    let (clients, servers, done) = run()?;
+    let wall = done - started;
     let (user_after, sys_after) = rusage_ns(libc::RUSAGE_SELF);
     let cpu_process = (user_after + sys_after).saturating_sub(user_before + sys_before);
     let out_rsts_delta = netns::tcp_mib_here("OutRsts")?.wrapping_sub(out_rsts_before);

@@ -186,7 +186,9 @@ fn programs(c: &Value, op: &str) -> String {
     let mut t = String::new();
     for (mode, p) in c["summary"]["programs"].as_object().into_iter().flatten().filter(|(_, p)| !p.is_null()) {
         t += &format!(
-            "{mode} BPF programs (profile round, kernel.bpf_stats_enabled=1; {} {op}s, generator {} ns CPU/{op}):\n",
+            "{mode} BPF programs (profile round {} of {}, the one with the fewest runs per {op}; kernel.bpf_stats_enabled=1; {} {op}s, generator {} ns CPU/{op}):\n",
+            p["round"],
+            p["rounds"],
             p["ops"],
             f(&p["storm_cpu_ns_per_op"], 0)
         );
@@ -213,26 +215,34 @@ fn programs(c: &Value, op: &str) -> String {
             f(&p["total_ns_per_op"], 0),
             p["recursion_misses"].as_u64().unwrap_or(0)
         );
+        t += &format!(
+            "    every profile round: {} ns/{op}, {} runs/{op} (more runs: the host's other traffic on the same hooks)\n",
+            range(&p["total_ns_per_op_rounds"], 0),
+            range(&p["total_runs_per_op_rounds"], 2)
+        );
     }
     t
 }
 
 /// The headline of the profile rounds: all of a tool's BPF time per operation.
 fn bpf_summary(results: &Value) -> String {
-    let mut t = String::from("\n== BPF time per operation, all programs of the tool (profile rounds)\n");
+    let mut t = String::from(
+        "\n== BPF time per operation, all programs of the tool (the least disturbed profile round; min / median / max of all)\n",
+    );
     for c in results["configs"].as_array().into_iter().flatten() {
         let (name, op) = workload(c);
         let what = if name == "refused" { "reset (attempt)" } else { "connection" };
         for (mode, p) in c["summary"]["programs"].as_object().into_iter().flatten().filter(|(_, p)| !p.is_null()) {
             t += &format!(
-                "  {:<12} {}t/{}p {:<12} {:>8} ns per {what} ({} runs per {op}, recursion misses {})\n",
+                "  {:<12} {:<9} {:<12} {:>8} ns per {what} ({} runs per {op}, recursion misses {}; all {} rounds: {} ns)\n",
                 name,
-                c["threads"],
-                c["ports"],
+                format!("{}t/{}p", c["threads"], c["ports"]),
                 mode,
                 f(&p["total_ns_per_op"], 0),
                 f(&p["total_runs_per_op"], 2),
                 p["recursion_misses"].as_u64().unwrap_or(0),
+                p["rounds"],
+                range(&p["total_ns_per_op_rounds"], 0),
             );
         }
     }
