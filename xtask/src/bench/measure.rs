@@ -136,7 +136,7 @@ pub fn measure(
             })?;
             let after = daemon.scrape()?;
             system::sleep(Duration::from_millis(500));
-            tool.tail_cpu_ns = system::process_cpu_ns(pid).unwrap_or(cpu_end).saturating_sub(cpu_end);
+            tool.tail_cpu_ns = system::threads_cpu_ns(pid).unwrap_or(cpu_end).saturating_sub(cpu_end);
             if let Some(scrapes) = scrapes {
                 tool.scrapes_ok = scrapes.ok;
                 tool.scrapes_failed = scrapes.failed;
@@ -188,12 +188,12 @@ fn observe(
     };
     system::reset_peak_rss(pid);
     let progs_before = if profile { prog_stats(pid) } else { Vec::new() };
-    let cpu0 = system::process_cpu_ns(pid).unwrap_or(0);
+    let cpu0 = system::threads_cpu_ns(pid).unwrap_or(0);
     let t0 = system::cpu_times();
     let started = Instant::now();
     let result = run();
     let wall = started.elapsed();
-    let cpu1 = system::process_cpu_ns(pid).unwrap_or(0);
+    let cpu1 = system::threads_cpu_ns(pid).unwrap_or(0);
     sample.machine_busy_cores = system::busy_between(t0, system::cpu_times(), wall).0;
     sample.storm = result?;
     tool.peak_rss_storm_kib = system::status_kib(pid, "VmHWM").unwrap_or(0);

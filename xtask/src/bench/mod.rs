@@ -173,7 +173,7 @@ impl Mode {
 pub struct ToolStats {
     pub pid: u32,
     pub startup: Duration,
-    /// CPU time (utime+stime, all threads) during the run, and in the 0.5 s after it.
+    /// Time on CPU of all its threads (schedstat) during the run, and in the 0.5 s after it.
     pub cpu_ns: u64,
     pub tail_cpu_ns: u64,
     pub rss_before_kib: u64,

@@ -186,8 +186,9 @@ fn programs(c: &Value, op: &str) -> String {
     let mut t = String::new();
     for (mode, p) in c["summary"]["programs"].as_object().into_iter().flatten().filter(|(_, p)| !p.is_null()) {
         t += &format!(
-            "{mode} BPF programs (profile round {} of {}, the one with the fewest runs per {op}; kernel.bpf_stats_enabled=1; {} {op}s, generator {} ns CPU/{op}):\n",
+            "{mode} BPF programs (profile round {}: the median of the {} of {} rounds with the fewest runs per {op}; kernel.bpf_stats_enabled=1; {} {op}s, generator {} ns CPU/{op}):\n",
             p["round"],
+            p["undisturbed_rounds"],
             p["rounds"],
             p["ops"],
             f(&p["storm_cpu_ns_per_op"], 0)
@@ -227,7 +228,7 @@ fn programs(c: &Value, op: &str) -> String {
 /// The headline of the profile rounds: all of a tool's BPF time per operation.
 fn bpf_summary(results: &Value) -> String {
     let mut t = String::from(
-        "\n== BPF time per operation, all programs of the tool (the least disturbed profile round; min / median / max of all)\n",
+        "\n== BPF time per operation, all programs of the tool (the median undisturbed profile round; min / median / max of all)\n",
     );
     for c in results["configs"].as_array().into_iter().flatten() {
         let (name, op) = workload(c);
