@@ -15,9 +15,9 @@
 //! Every run is in a fresh network namespace (so its `Tcp: OutRsts` delta is its own), bounded by
 //! time and count, on loopback. Ratios are per round against that round's bare run: the rate ratio
 //! (operations/s) and the CPU-per-operation ratio (getrusage of the generator threads), summarised
-//! as min/median/max. After the rounds, profile rounds per tool run with
-//! `kernel.bpf_stats_enabled=1` (restored afterwards) for each BPF program's run_time_ns/run_cnt;
-//! they are kept out of the ratios, because the statistics themselves cost time per program run.
+//! as min/median/max. After the rounds, profile rounds per tool run with BPF run-time statistics
+//! on (`BPF_ENABLE_STATS`) for each BPF program's run_time_ns/run_cnt; they are kept out of the
+//! ratios, because the statistics themselves cost time per program run.
 
 mod measure;
 mod report;
@@ -33,7 +33,6 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use self::{
-    system::SysctlGuard,
     tools::{StormResult, StormSpec},
 };
 use crate::setup;
@@ -72,7 +71,7 @@ pub struct Options {
     /// Leave out the bpftrace peer baseline.
     #[arg(long)]
     pub no_bpftrace: bool,
-    /// Leave out the per-program profile rounds (kernel.bpf_stats_enabled=1).
+    /// Leave out the per-program profile rounds (BPF run-time statistics on).
     #[arg(long)]
     pub no_profile: bool,
     /// Profile rounds per tool and configuration. A tool's programs also run for other processes'
@@ -352,7 +351,10 @@ pub fn run(root: &Path, options: Options) -> anyhow::Result<()> {
                 for round in (1..=options.profile_rounds).filter(|_| !options.no_profile) {
                     for k in 0..tools.len() {
                         let mode = tools[(k + round as usize - 1) % tools.len()];
-                        let _stats = SysctlGuard::set("kernel.bpf_stats_enabled", "1", &out)?;
+                        // Statistics on while this fd is open, whatever others do with the
+                        // kernel.bpf_stats_enabled sysctl meanwhile (another benchmark's restore).
+                        let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+                            .context("BPF_ENABLE_STATS for the profile round")?;
                         netns_n += 1;
                         let sample = measure::measure(&rstwatch, &storm, &spec, mode, round, true, &out, netns_n)?;
                         eprintln!("xtask:   {}", report::one_line(&sample));

@@ -186,7 +186,7 @@ fn programs(c: &Value, op: &str) -> String {
     let mut t = String::new();
     for (mode, p) in c["summary"]["programs"].as_object().into_iter().flatten().filter(|(_, p)| !p.is_null()) {
         t += &format!(
-            "{mode} BPF programs (profile round {}: the median of the {} of {} rounds with the fewest runs per {op}; kernel.bpf_stats_enabled=1; {} {op}s, generator {} ns CPU/{op}):\n",
+            "{mode} BPF programs (profile round {}: the median of the {} of {} rounds with the fewest runs per {op}; BPF run-time statistics on; {} {op}s, generator {} ns CPU/{op}):\n",
             p["round"],
             p["undisturbed_rounds"],
             p["rounds"],
