@@ -37,8 +37,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Reset-storm benchmark: storm rate and CPU bare, with rstwatch and with bpftrace, daemon
-    /// CPU/RSS, per-program BPF cost and exact counts (see README "Performance").
+    /// Benchmark on a reset storm and on ordinary connections: rate and CPU per operation bare,
+    /// with rstwatch and with bpftrace, daemon CPU/RSS, BPF ns per reset and per connection, exact
+    /// counts (see README "Performance").
     Bench(bench::Options),
     /// The reset scenarios on Debian's 6.1 and 6.12 kernels under qemu and on the host kernel:
     /// which probes attached, and per scenario the cause rstwatch reported vs the expected one.

@@ -1,20 +1,27 @@
-//! `cargo xtask bench`: the reset-storm benchmark (issue 7).
+//! `cargo xtask bench`: the benchmark (issues 7 and 12), on two workloads:
+//! - `refused`: the reset storm, `connect()` to closed loopback ports (one RST sent and one
+//!   received per attempt);
+//! - `connections`: ordinary connections without a reset (connect, 64-byte request, 64-byte
+//!   response, FIN close), what a host running rstwatch mostly does.
 //!
-//! For each configuration (generator threads × distinct destination ports) it runs several rounds;
-//! each round runs every mode once, in an order that rotates from round to round:
-//! - `bare`: the storm alone;
+//! For each workload and configuration (generator threads × distinct destination ports; the
+//! connection workload has one port) it runs several rounds; each round runs every mode once, in an
+//! order that rotates from round to round:
+//! - `bare`: the workload alone;
 //! - `rstwatch`: `rstwatch run` (full enrichment) with a scraper on /metrics every second;
 //! - `bpftrace`: a bpftrace script counting `tcp_send_reset` and `tcp_receive_reset` in a map;
 //! - any `--variant LABEL=ARGS`: rstwatch with extra arguments.
 //!
-//! Every storm runs in a fresh network namespace (so its `Tcp: OutRsts` delta is its own), bounded
-//! by time and count, against closed loopback ports. Ratios are per round against that round's bare
-//! storm: the rate ratio (attempts/s) and the CPU-per-attempt ratio (getrusage of the generator
-//! threads), summarised as min/median/max. After the rounds, one profile round per tool runs with
-//! `kernel.bpf_stats_enabled=1` (restored afterwards) for each BPF program's run_time_ns/run_cnt;
-//! it is kept out of the ratios, because the statistics themselves cost time per program run.
+//! Every run is in a fresh network namespace (so its `Tcp: OutRsts` delta is its own), bounded by
+//! time and count, on loopback. Ratios are per round against that round's bare run: the rate ratio
+//! (operations/s) and the CPU-per-operation ratio (getrusage of the generator threads), summarised
+//! as min/median/max. After the rounds, profile rounds per tool run with BPF run-time statistics
+//! on (`BPF_ENABLE_STATS`) for each BPF program's run_time_ns/run_cnt; they are kept out of the
+//! ratios, because the statistics themselves cost time per program run.
 
+mod measure;
 mod report;
+mod scrape;
 mod system;
 mod tools;
 
@@ -26,45 +33,60 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use self::{
-    system::{NetNs, SysctlGuard},
-    tools::{Bpftrace, Daemon, Scrape, Scraper, StormResult, StormSpec},
+    tools::{StormResult, StormSpec},
 };
 use crate::setup;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct Options {
-    /// Alternating rounds per configuration (each round runs every mode once).
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
-    pub rounds: u32,
-    /// Length of each storm in seconds (its time bound).
-    #[arg(long, default_value_t = 2.0)]
-    pub duration: f64,
-    /// At most this many connect() attempts per generator thread per storm (its count bound).
+    /// Workloads to measure (comma-separated): `refused` (the reset storm) and `connections`
+    /// (ordinary connections, no reset).
+    #[arg(long, value_delimiter = ',', default_value = "refused,connections")]
+    pub workloads: Vec<Workload>,
+    /// A before/after comparison in a few minutes: unless given, 3 rounds of 1 s, 1 generator
+    /// thread, 1 port, at most 20 s of waiting for a quiet machine.
+    #[arg(long)]
+    pub quick: bool,
+    /// Alternating rounds per configuration (each round runs every mode once) [default: 5].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: Option<u32>,
+    /// Length of each run in seconds (its time bound) [default: 2].
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// At most this many attempts (connect() calls) per generator thread per run (its count bound).
     #[arg(long, default_value_t = 2_000_000)]
     pub attempts: u64,
-    /// Generator thread counts to measure (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "1,2")]
-    pub threads: Vec<usize>,
-    /// Numbers of distinct destination ports to measure (comma-separated); every pair of a
-    /// thread count and a port count is one configuration.
-    #[arg(long, value_delimiter = ',', default_value = "1,10000")]
-    pub ports: Vec<u32>,
-    /// First destination port: the storm uses PORT..PORT+K-1, closed in its own namespace.
+    /// Generator thread counts to measure (comma-separated) [default: 1,2]. The connection
+    /// workload runs as many server threads as client threads.
+    #[arg(long, value_delimiter = ',')]
+    pub threads: Option<Vec<usize>>,
+    /// Numbers of distinct destination ports of the reset storm (comma-separated) [default:
+    /// 1,10000]; every pair of a thread count and a port count is one configuration.
+    #[arg(long, value_delimiter = ',')]
+    pub ports: Option<Vec<u32>>,
+    /// First destination port: the storm uses PORT..PORT+K-1, closed in its own namespace; the
+    /// connection workload listens on PORT in its own.
     #[arg(long, default_value_t = 20000)]
     pub port: u16,
     /// Leave out the bpftrace peer baseline.
     #[arg(long)]
     pub no_bpftrace: bool,
-    /// Leave out the per-program profile rounds (kernel.bpf_stats_enabled=1).
+    /// Leave out the per-program profile rounds (BPF run-time statistics on).
     #[arg(long)]
     pub no_profile: bool,
+    /// Profile rounds per tool and configuration. A tool's programs also run for other processes'
+    /// connections and resets on the host; the report takes the round with the fewest program runs
+    /// per operation, the least disturbed one.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub profile_rounds: u32,
     /// An extra rstwatch mode with extra daemon arguments, e.g. `ring4k=--ring-buffer-kib 4`.
     #[arg(long = "variant", value_name = "LABEL=ARGS")]
     pub variants: Vec<String>,
     /// Wait at most this many seconds in all for a quiet machine (no other process busy, no other
-    /// BPF tracer) before the first round and between rounds; then measure anyway (0: never wait).
-    #[arg(long, default_value_t = 120)]
-    pub wait_quiet: u64,
+    /// BPF tracer) before the first round and between rounds; then measure anyway (0: never wait)
+    /// [default: 120].
+    #[arg(long)]
+    pub wait_quiet: Option<u64>,
     /// Do not wait for other processes' BPF tracing programs to go away (they are still reported:
     /// they run in every mode, bare included, so ratios understate the overhead).
     #[arg(long)]
@@ -80,7 +102,54 @@ pub struct Options {
     pub report_only: bool,
 }
 
-/// A way of running the storm.
+impl Options {
+    /// The settings in effect: the given ones, else the defaults of `--quick` or of a full run.
+    pub fn plan(&self) -> Plan {
+        let q = self.quick;
+        Plan {
+            rounds: self.rounds.unwrap_or(if q { 3 } else { 5 }),
+            duration: self.duration.unwrap_or(if q { 1.0 } else { 2.0 }),
+            threads: self.threads.clone().unwrap_or(if q { vec![1] } else { vec![1, 2] }),
+            ports: self.ports.clone().unwrap_or(if q { vec![1] } else { vec![1, 10_000] }),
+            wait_quiet: self.wait_quiet.unwrap_or(if q { 20 } else { 120 }),
+        }
+    }
+}
+
+pub struct Plan {
+    pub rounds: u32,
+    pub duration: f64,
+    pub threads: Vec<usize>,
+    pub ports: Vec<u32>,
+    pub wait_quiet: u64,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// connect() to closed ports: one RST sent and one received per attempt.
+    Refused,
+    /// connect, 64-byte request, 64-byte response, FIN close: no reset.
+    Connections,
+}
+
+impl Workload {
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Refused => "refused",
+            Workload::Connections => "connections",
+        }
+    }
+
+    /// What one operation is, in the report.
+    pub fn op(self) -> &'static str {
+        match self {
+            Workload::Refused => "attempt",
+            Workload::Connections => "connection",
+        }
+    }
+}
+
+/// A way of running the workload.
 #[derive(Clone, Debug)]
 pub enum Mode {
     Bare,
@@ -98,25 +167,28 @@ impl Mode {
     }
 }
 
-/// What the observed tool did during a storm.
+/// What the observed tool did during a run.
 #[derive(Clone, Debug, Default)]
 pub struct ToolStats {
     pub pid: u32,
     pub startup: Duration,
-    /// CPU time (utime+stime, all threads) during the storm, and in the 0.5 s after it.
+    /// Time on CPU of all its threads (schedstat) during the run, and in the 0.5 s after it.
     pub cpu_ns: u64,
     pub tail_cpu_ns: u64,
     pub rss_before_kib: u64,
-    /// Peak RSS from start until the storm began, and during the storm (VmHWM reset before it).
+    /// Resident memory right after the run: the steady state under load.
+    pub rss_after_kib: u64,
+    /// Peak RSS from start until the run began, and during the run (VmHWM reset before it).
     pub peak_rss_startup_kib: u64,
     pub peak_rss_storm_kib: u64,
     pub scrapes_ok: u64,
     pub scrapes_failed: u64,
-    /// Latency of each /metrics scrape during the storm, ms.
+    /// Latency of each /metrics scrape during the run, ms.
     pub scrape_ms: Vec<f64>,
 }
 
-/// The count check: what the storm did against what the tool counted.
+/// The count check: what the workload did against what the tool counted (for the connection
+/// workload: resets on its port, which should be none).
 #[derive(Clone, Debug, Default)]
 pub struct Counts {
     pub sent: u64,
@@ -142,7 +214,7 @@ pub struct Sample {
     pub mode: String,
     pub profile: bool,
     pub storm: StormResult,
-    /// Busy cores of the whole machine during the storm (/proc/stat).
+    /// Busy cores of the whole machine during the run (/proc/stat).
     pub machine_busy_cores: f64,
     pub foreign_tracers: usize,
     pub tool: Option<ToolStats>,
@@ -152,6 +224,7 @@ pub struct Sample {
 
 #[derive(Clone, Debug)]
 pub struct Config {
+    pub workload: Workload,
     pub threads: usize,
     pub ports: u32,
     pub samples: Vec<Sample>,
@@ -178,14 +251,18 @@ pub fn run(root: &Path, options: Options) -> anyhow::Result<()> {
     if !setup::is_root() {
         bail!("the benchmark loads eBPF programs, creates network namespaces and sets sysctls: run as root");
     }
-    if !(0.1..=60.0).contains(&options.duration) {
+    let plan = options.plan();
+    if !(0.1..=60.0).contains(&plan.duration) {
         bail!("--duration must be between 0.1 and 60 seconds");
     }
-    if options.threads.is_empty() || options.threads.iter().any(|t| !(1..=16).contains(t)) {
+    if plan.threads.is_empty() || plan.threads.iter().any(|t| !(1..=16).contains(t)) {
         bail!("--threads: 1 to 16 each");
     }
-    if options.ports.is_empty() || options.ports.iter().any(|k| *k == 0 || options.port as u32 + k - 1 > 65535) {
+    if plan.ports.is_empty() || plan.ports.iter().any(|k| *k == 0 || options.port as u32 + k - 1 > 65535) {
         bail!("--ports: each range PORT..PORT+K-1 must lie within 1..=65535");
+    }
+    if options.workloads.is_empty() {
+        bail!("--workloads: at least one of refused, connections");
     }
     let out = root.join(&options.out);
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
@@ -231,60 +308,72 @@ pub fn run(root: &Path, options: Options) -> anyhow::Result<()> {
         }
     }
 
-    let mut wait_budget = Duration::from_secs(options.wait_quiet);
+    let mut wait_budget = Duration::from_secs(plan.wait_quiet);
     let quiet = wait_for_quiet(&mut wait_budget, Duration::from_secs(2), true, options.ignore_other_tracers)?;
     let started = Instant::now();
     let mut configs = Vec::new();
     let mut netns_n = 0u32;
-    for &threads in &options.threads {
-        for &ports in &options.ports {
-            system::check_stop()?;
-            let spec = StormSpec {
-                threads,
-                port: options.port,
-                ports,
-                duration: Duration::from_secs_f64(options.duration),
-                max_attempts: options.attempts,
-            };
-            setup::say(&format!(
-                "configuration: {threads} generator thread(s), {ports} port(s); {} rounds of {}",
-                options.rounds,
-                modes.iter().map(Mode::label).collect::<Vec<_>>().join(", ")
-            ));
-            let mut config = Config { threads, ports, samples: Vec::new() };
-            for round in 1..=options.rounds {
-                if round > 1 && !wait_budget.is_zero() {
-                    // Between rounds too: other engineers' builds and tests come and go.
-                    wait_for_quiet(&mut wait_budget, Duration::from_secs(1), false, options.ignore_other_tracers)?;
+    for &workload in &options.workloads {
+        // One listener port for connections: distinct ports matter to the reset storm's labels.
+        let port_counts = if workload == Workload::Connections { vec![1] } else { plan.ports.clone() };
+        for &threads in &plan.threads {
+            for &ports in &port_counts {
+                system::check_stop()?;
+                let spec = StormSpec {
+                    workload,
+                    threads,
+                    port: options.port,
+                    ports,
+                    duration: Duration::from_secs_f64(plan.duration),
+                    max_attempts: options.attempts,
+                };
+                setup::say(&format!(
+                    "workload {}: {threads} generator thread(s), {ports} port(s); {} rounds of {}",
+                    workload.name(),
+                    plan.rounds,
+                    modes.iter().map(Mode::label).collect::<Vec<_>>().join(", ")
+                ));
+                let mut config = Config { workload, threads, ports, samples: Vec::new() };
+                for round in 1..=plan.rounds {
+                    if round > 1 && !wait_budget.is_zero() {
+                        // Between rounds too: other engineers' builds and tests come and go.
+                        wait_for_quiet(&mut wait_budget, Duration::from_secs(1), false, options.ignore_other_tracers)?;
+                    }
+                    for k in 0..modes.len() {
+                        let mode = &modes[(k + round as usize - 1) % modes.len()];
+                        netns_n += 1;
+                        let sample = measure::measure(&rstwatch, &storm, &spec, mode, round, false, &out, netns_n)?;
+                        eprintln!("xtask:   {}", report::one_line(&sample));
+                        config.samples.push(sample);
+                    }
                 }
-                for k in 0..modes.len() {
-                    let mode = &modes[(k + round as usize - 1) % modes.len()];
-                    netns_n += 1;
-                    let sample = measure(&rstwatch, &storm, &spec, mode, round, false, &out, netns_n)?;
-                    eprintln!("xtask:   {}", report::one_line(&sample));
-                    config.samples.push(sample);
+                let tools: Vec<&Mode> = modes.iter().filter(|m| !matches!(m, Mode::Bare)).collect();
+                for round in (1..=options.profile_rounds).filter(|_| !options.no_profile) {
+                    for k in 0..tools.len() {
+                        let mode = tools[(k + round as usize - 1) % tools.len()];
+                        // Statistics on while this fd is open, whatever others do with the
+                        // kernel.bpf_stats_enabled sysctl meanwhile (another benchmark's restore).
+                        let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+                            .context("BPF_ENABLE_STATS for the profile round")?;
+                        netns_n += 1;
+                        let sample = measure::measure(&rstwatch, &storm, &spec, mode, round, true, &out, netns_n)?;
+                        eprintln!("xtask:   {}", report::one_line(&sample));
+                        config.samples.push(sample);
+                    }
                 }
+                configs.push(config);
             }
-            if !options.no_profile {
-                for mode in modes.iter().filter(|m| !matches!(m, Mode::Bare)) {
-                    let _stats = SysctlGuard::set("kernel.bpf_stats_enabled", "1", &out)?;
-                    netns_n += 1;
-                    let sample = measure(&rstwatch, &storm, &spec, mode, 0, true, &out, netns_n)?;
-                    eprintln!("xtask:   {}", report::one_line(&sample));
-                    config.samples.push(sample);
-                }
-            }
-            configs.push(config);
         }
     }
     let finished_quiet = system::busy_processes(Duration::from_secs(1), 0.05, &[]);
     let results = report::Results {
         options: &options,
+        plan: &plan,
         modes: &modes,
         configs: &configs,
         quiet_before: &quiet,
         busy_after: finished_quiet,
-        waited_total: Duration::from_secs(options.wait_quiet).saturating_sub(wait_budget),
+        waited_total: Duration::from_secs(plan.wait_quiet).saturating_sub(wait_budget),
         elapsed: started.elapsed(),
     };
     let json = results.to_json();
@@ -334,190 +423,3 @@ fn wait_for_quiet(budget: &mut Duration, window: Duration, verbose: bool, tracer
     }
 }
 
-/// Storm attempts counted by rstwatch: `sent/no_listener` and `received/connection_refused` on the
-/// storm's ports, whatever the owner (with `port="other"` when the storm spreads over several ports,
-/// since labels are capped, so resets of other processes on uncapped ports may add a few), and the
-/// received ones whose owner is the generator (its threads are `storm-N`).
-fn rstwatch_counts(before: &Scrape, after: &Scrape, spec: &StormSpec) -> Counts {
-    let in_storm = |port: &str| -> bool {
-        if spec.ports > 1 && port == "other" {
-            return true;
-        }
-        port.parse::<u32>()
-            .is_ok_and(|p| p >= spec.port as u32 && p < spec.port as u32 + spec.ports)
-    };
-    let resets = |s: &Scrape, direction: &str, cause: &str, by_comm: bool| {
-        s.sum("rstwatch_resets_total", |l| {
-            l.get("direction") == direction
-                && l.get("cause") == cause
-                && in_storm(l.get("port"))
-                && (!by_comm || l.get("comm").starts_with("storm"))
-        })
-    };
-    let delta = |a: f64, b: f64| (b - a).max(0.0).round() as u64;
-    let errors = |s: &Scrape| {
-        s.sum("rstwatch_socket_errors_total", |l| {
-            l.get("errno") == "ECONNREFUSED" && l.get("comm").starts_with("storm") && in_storm(l.get("port"))
-        })
-    };
-    let lost_before = before.values("rstwatch_events_lost_total", "stage");
-    let lost = after
-        .values("rstwatch_events_lost_total", "stage")
-        .into_iter()
-        .map(|(stage, v)| {
-            let b = lost_before.iter().find(|(s, _)| *s == stage).map_or(0.0, |(_, v)| *v);
-            (stage, delta(b, v))
-        })
-        .collect();
-    let counted = |direction, cause, by_comm| {
-        delta(resets(before, direction, cause, by_comm), resets(after, direction, cause, by_comm))
-    };
-    Counts {
-        sent: counted("sent", "no_listener", false),
-        received: counted("received", "connection_refused", false),
-        received_owned: Some(counted("received", "connection_refused", true)),
-        socket_errors: Some(delta(errors(before), errors(after))),
-        lost,
-    }
-}
-
-fn prog_stats(pid: u32) -> Vec<system::ProgFd> {
-    system::bpf_prog_fds(pid)
-}
-
-fn prog_delta(before: &[system::ProgFd], after: &[system::ProgFd]) -> Vec<ProgStat> {
-    let names = system::bpf_prog_names();
-    after
-        .iter()
-        .map(|a| {
-            let b = before.iter().find(|b| b.id == a.id).cloned().unwrap_or_default();
-            ProgStat {
-                id: a.id,
-                name: names.get(&a.id).cloned().unwrap_or_else(|| format!("prog {}", a.id)),
-                run_cnt: a.run_cnt.saturating_sub(b.run_cnt),
-                run_time_ns: a.run_time_ns.saturating_sub(b.run_time_ns),
-                recursion_misses: a.recursion_misses.saturating_sub(b.recursion_misses),
-            }
-        })
-        .filter(|p| p.run_cnt > 0)
-        .collect()
-}
-
-/// One storm in one mode: start the tool, storm in a fresh namespace, read everything, stop.
-#[allow(clippy::too_many_arguments)]
-fn measure(
-    rstwatch: &Path,
-    storm: &Path,
-    spec: &StormSpec,
-    mode: &Mode,
-    round: u32,
-    profile: bool,
-    out: &Path,
-    n: u32,
-) -> anyhow::Result<Sample> {
-    system::check_stop()?;
-    let netns = NetNs::new(n)?;
-    let mut sample = Sample {
-        round,
-        mode: mode.label(),
-        profile,
-        storm: StormResult::default(),
-        machine_busy_cores: 0.0,
-        foreign_tracers: 0,
-        tool: None,
-        counts: None,
-        programs: Vec::new(),
-    };
-    match mode {
-        Mode::Bare => {
-            sample.foreign_tracers = system::foreign_tracers(&[]).len();
-            let t0 = system::cpu_times();
-            let started = Instant::now();
-            sample.storm = tools::run_storm(storm, &netns.path(), spec)?;
-            sample.machine_busy_cores = system::busy_between(t0, system::cpu_times(), started.elapsed()).0;
-        }
-        Mode::Rstwatch { label, args } => {
-            let log = out.join(format!("{}.log", label.replace(['[', ']'], "_")));
-            let mut daemon = Daemon::start(rstwatch, args, log)?;
-            let pid = daemon.pid();
-            sample.foreign_tracers = system::foreign_tracers(&[pid]).len();
-            // Let start-up work (pre-created series, first scrape) settle before measuring.
-            system::sleep(Duration::from_millis(300));
-            let before = daemon.scrape()?;
-            let mut tool = ToolStats {
-                pid,
-                startup: daemon.startup,
-                rss_before_kib: system::status_kib(pid, "VmRSS").unwrap_or(0),
-                peak_rss_startup_kib: system::status_kib(pid, "VmHWM").unwrap_or(0),
-                ..ToolStats::default()
-            };
-            system::reset_peak_rss(pid);
-            let progs_before = if profile { prog_stats(pid) } else { Vec::new() };
-            let cpu0 = system::process_cpu_ns(pid).unwrap_or(0);
-            let t0 = system::cpu_times();
-            let started = Instant::now();
-            let scraper = Scraper::start(daemon.addr, Duration::from_secs(1), spec.duration + Duration::from_secs(40));
-            let result = tools::run_storm(storm, &netns.path(), spec);
-            let scrapes = scraper.finish();
-            let wall = started.elapsed();
-            let cpu1 = system::process_cpu_ns(pid).unwrap_or(0);
-            sample.machine_busy_cores = system::busy_between(t0, system::cpu_times(), wall).0;
-            sample.storm = result?;
-            tool.peak_rss_storm_kib = system::status_kib(pid, "VmHWM").unwrap_or(0);
-            if profile {
-                sample.programs = prog_delta(&progs_before, &prog_stats(pid));
-            }
-            let after = daemon.scrape()?;
-            system::sleep(Duration::from_millis(500));
-            tool.cpu_ns = cpu1.saturating_sub(cpu0);
-            tool.tail_cpu_ns = system::process_cpu_ns(pid).unwrap_or(cpu1).saturating_sub(cpu1);
-            tool.scrapes_ok = scrapes.ok;
-            tool.scrapes_failed = scrapes.failed;
-            tool.scrape_ms = scrapes.latencies_ms;
-            sample.counts = Some(rstwatch_counts(&before, &after, spec));
-            sample.tool = Some(tool);
-            if let Some(status) = daemon.stop()
-                && !status.success()
-            {
-                setup::say(&format!("rstwatch exited with {status}; log {}", daemon.log.display()));
-            }
-        }
-        Mode::Bpftrace => {
-            let bpftrace = Bpftrace::start(&out.join("bpftrace.log"))?;
-            let pid = bpftrace.pid();
-            sample.foreign_tracers = system::foreign_tracers(&[pid]).len();
-            system::sleep(Duration::from_millis(300));
-            let mut tool = ToolStats {
-                pid,
-                startup: bpftrace.startup,
-                rss_before_kib: system::status_kib(pid, "VmRSS").unwrap_or(0),
-                peak_rss_startup_kib: system::status_kib(pid, "VmHWM").unwrap_or(0),
-                ..ToolStats::default()
-            };
-            system::reset_peak_rss(pid);
-            let progs_before = if profile { prog_stats(pid) } else { Vec::new() };
-            let cpu0 = system::process_cpu_ns(pid).unwrap_or(0);
-            let t0 = system::cpu_times();
-            let started = Instant::now();
-            let result = tools::run_storm(storm, &netns.path(), spec);
-            let wall = started.elapsed();
-            let cpu1 = system::process_cpu_ns(pid).unwrap_or(0);
-            sample.machine_busy_cores = system::busy_between(t0, system::cpu_times(), wall).0;
-            sample.storm = result?;
-            tool.peak_rss_storm_kib = system::status_kib(pid, "VmHWM").unwrap_or(0);
-            if profile {
-                sample.programs = prog_delta(&progs_before, &prog_stats(pid));
-            }
-            tool.cpu_ns = cpu1.saturating_sub(cpu0);
-            let (sent, received, note) = bpftrace.stop()?;
-            if let Some(note) = note {
-                setup::say(&format!("bpftrace {note}; see {}", out.join("bpftrace.log").display()));
-            }
-            // bpftrace counts host-wide and from its start: at least the storm's resets.
-            sample.counts = Some(Counts { sent, received, received_owned: None, socket_errors: None, lost: Vec::new() });
-            sample.tool = Some(tool);
-        }
-    }
-    drop(netns);
-    Ok(sample)
-}

@@ -1,10 +1,10 @@
 //! What the benchmark reads from and sets on the machine: process CPU and memory from /proc,
-//! the machine's busy time, sysctls (restored afterwards, even after a crash), network namespaces,
+//! the machine's busy time, sysctls left changed by an interrupted run, network namespaces,
 //! and a stop flag for Ctrl-C / SIGTERM.
 
 use std::{
     collections::BTreeMap,
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
@@ -68,6 +68,19 @@ pub fn process_cpu_ns(pid: u32) -> Option<u64> {
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) * 1_000_000_000 / clock_ticks())
+}
+
+/// Time on CPU of a process's live threads, in ns (/proc/PID/task/*/schedstat): exact where
+/// /proc/PID/stat counts clock ticks (10 ms), which is too coarse for a daemon over a 1 s run.
+/// Threads that exit in between take their time with them; a tool's threads live as long as it.
+pub fn threads_cpu_ns(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let ns = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Some(ns)
 }
 
 /// A field of /proc/PID/status in KiB (VmHWM, VmRSS).
@@ -238,36 +251,8 @@ pub fn bpf_prog_names() -> BTreeMap<u32, String> {
 // ---------------------------------------------------------------------------------------------
 // Sysctls
 
-/// A sysctl set for the benchmark and put back when this is dropped. The original value is also
-/// written to a file, so a benchmark killed before it could restore is repaired by the next one.
-pub struct SysctlGuard {
-    key: String,
-    original: String,
-    note: PathBuf,
-}
-
-impl SysctlGuard {
-    pub fn set(key: &str, value: &str, state_dir: &Path) -> anyhow::Result<SysctlGuard> {
-        let original = read_sysctl(key)?;
-        let note = state_dir.join(format!("restore-{key}"));
-        std::fs::write(&note, format!("{original}\n")).with_context(|| format!("writing {}", note.display()))?;
-        write_sysctl(key, value)?;
-        Ok(SysctlGuard { key: key.to_string(), original, note })
-    }
-}
-
-impl Drop for SysctlGuard {
-    fn drop(&mut self) {
-        match write_sysctl(&self.key, &self.original) {
-            Ok(()) => {
-                let _ = std::fs::remove_file(&self.note);
-            }
-            Err(err) => eprintln!("xtask bench: could not restore {} to {}: {err:#}", self.key, self.original),
-        }
-    }
-}
-
-/// Put back sysctls a killed benchmark left changed (notes `restore-<key>` in `state_dir`).
+/// Put back sysctls that a benchmark killed mid-run left changed (notes `restore-<key>` in
+/// `state_dir`; earlier versions set `kernel.bpf_stats_enabled` for the profile rounds).
 pub fn restore_leftover_sysctls(state_dir: &Path) {
     let Ok(dir) = std::fs::read_dir(state_dir) else { return };
     for entry in dir.flatten() {
@@ -281,11 +266,6 @@ pub fn restore_leftover_sysctls(state_dir: &Path) {
             }
         }
     }
-}
-
-pub fn read_sysctl(key: &str) -> anyhow::Result<String> {
-    let path = format!("/proc/sys/{}", key.replace('.', "/"));
-    Ok(std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?.trim().to_string())
 }
 
 fn write_sysctl(key: &str, value: &str) -> anyhow::Result<()> {

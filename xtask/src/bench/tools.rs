@@ -1,25 +1,23 @@
-//! The processes a benchmark round runs: the storm generator, the rstwatch daemon (with a scraper
-//! hitting /metrics every second), and bpftrace. Each is started by this process, bounded in time,
-//! and stopped by its PID.
+//! The processes a benchmark round runs: the load generator, the rstwatch daemon and bpftrace.
+//! Each is started by this process, bounded in time, and stopped by its PID.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    io::{BufRead as _, BufReader, Read as _},
+    net::{Ipv4Addr, SocketAddr, TcpListener},
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        mpsc,
-    },
-    thread::JoinHandle,
+    sync::mpsc,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, anyhow, bail};
 
-use super::system;
+use super::{
+    Workload,
+    scrape::{Scrape, http_get},
+    system,
+};
 
 /// Children die with the thread that started them (the benchmark's main thread).
 fn die_with_parent(command: &mut Command, signal: libc::c_int) {
@@ -52,10 +50,11 @@ fn stop_child(child: &mut Child, signal: libc::c_int, grace: Duration) -> Option
 }
 
 // ---------------------------------------------------------------------------------------------
-// Storm
+// The load generator
 
 #[derive(Clone, Debug)]
 pub struct StormSpec {
+    pub workload: Workload,
     pub threads: usize,
     pub port: u16,
     pub ports: u32,
@@ -66,6 +65,8 @@ pub struct StormSpec {
 #[derive(Clone, Debug, Default)]
 pub struct StormResult {
     pub attempts: u64,
+    /// Completed operations: refused attempts, or connections that went through.
+    pub ops: u64,
     pub wall_ns: u64,
     pub cpu_ns: u64,
     pub user_ns: u64,
@@ -75,19 +76,26 @@ pub struct StormResult {
 }
 
 impl StormResult {
+    /// Operations per second.
     pub fn rate(&self) -> f64 {
-        self.attempts as f64 / (self.wall_ns as f64 / 1e9)
+        self.ops as f64 / (self.wall_ns as f64 / 1e9)
     }
 
-    pub fn cpu_per_attempt(&self) -> f64 {
-        self.cpu_ns as f64 / self.attempts.max(1) as f64
+    pub fn cpu_per_op(&self) -> f64 {
+        self.cpu_ns as f64 / self.ops.max(1) as f64
+    }
+
+    /// `ns` spread over the operations.
+    pub fn per_op(&self, ns: u64) -> f64 {
+        ns as f64 / self.ops.max(1) as f64
     }
 }
 
-/// Run the storm generator in the namespace `netns` and wait for it (bounded).
+/// Run the load generator in the namespace `netns` and wait for it (bounded).
 pub fn run_storm(storm_bin: &Path, netns: &str, spec: &StormSpec) -> anyhow::Result<StormResult> {
     let mut command = Command::new(storm_bin);
     command
+        .args(["--workload", spec.workload.name()])
         .args(["--netns", netns])
         .args(["--threads", &spec.threads.to_string()])
         .args(["--port", &spec.port.to_string()])
@@ -123,6 +131,7 @@ pub fn run_storm(storm_bin: &Path, netns: &str, spec: &StormSpec) -> anyhow::Res
     let get = |k: &str| raw[k].as_u64().ok_or_else(|| anyhow!("storm output has no {k}: {stdout}"));
     Ok(StormResult {
         attempts: get("attempts")?,
+        ops: get("ops")?,
         wall_ns: get("wall_ns")?,
         cpu_ns: get("cpu_ns")?,
         user_ns: get("user_ns")?,
@@ -137,114 +146,6 @@ pub fn run_storm(storm_bin: &Path, netns: &str, spec: &StormSpec) -> anyhow::Res
 
 fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
-}
-
-pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    let response = String::from_utf8_lossy(&response);
-    let (head, body) = response.split_once("\r\n\r\n").ok_or_else(|| anyhow!("no HTTP header end"))?;
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
-    }
-    Ok(body.to_string())
-}
-
-/// One sample of a scrape: metric name, labels, value.
-type Row = (String, Vec<(String, String)>, f64);
-
-/// One scrape.
-#[derive(Clone, Debug, Default)]
-pub struct Scrape {
-    rows: Vec<Row>,
-}
-
-impl Scrape {
-    pub fn parse(text: &str) -> Scrape {
-        let mut rows = Vec::new();
-        for line in text.lines() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let (series, value) = match line.rfind('}') {
-                Some(end) => (&line[..=end], line[end + 1..].trim()),
-                None => match line.split_once(' ') {
-                    Some((s, v)) => (s, v.trim()),
-                    None => continue,
-                },
-            };
-            let Ok(value) = value.split_whitespace().next().unwrap_or("").parse::<f64>() else { continue };
-            let (name, labels) = match series.split_once('{') {
-                Some((name, rest)) => (name, parse_labels(rest.trim_end_matches('}'))),
-                None => (series, Vec::new()),
-            };
-            rows.push((name.to_string(), labels, value));
-        }
-        Scrape { rows }
-    }
-
-    /// Sum of `name` over the rows whose labels pass `keep`.
-    pub fn sum(&self, name: &str, keep: impl Fn(&Labels) -> bool) -> f64 {
-        self.rows
-            .iter()
-            .filter(|(n, labels, _)| n == name && keep(&Labels(labels)))
-            .map(|(_, _, v)| *v)
-            .sum()
-    }
-
-    pub fn values(&self, name: &str, label: &str) -> Vec<(String, f64)> {
-        self.rows
-            .iter()
-            .filter(|(n, _, _)| n == name)
-            .map(|(_, labels, v)| {
-                let l = labels.iter().find(|(k, _)| k == label).map(|(_, v)| v.clone()).unwrap_or_default();
-                (l, *v)
-            })
-            .collect()
-    }
-}
-
-/// The labels of one row.
-pub struct Labels<'a>(&'a [(String, String)]);
-
-impl Labels<'_> {
-    /// A label's value; "" when absent.
-    pub fn get(&self, name: &str) -> &str {
-        self.0.iter().find(|(k, _)| k == name).map_or("", |(_, v)| v.as_str())
-    }
-}
-
-fn parse_labels(text: &str) -> Vec<(String, String)> {
-    let mut labels = Vec::new();
-    let mut chars = text.chars().peekable();
-    loop {
-        while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
-            chars.next();
-        }
-        let name: String = chars.by_ref().take_while(|c| *c != '=').collect();
-        if name.is_empty() || chars.next() != Some('"') {
-            break;
-        }
-        let mut value = String::new();
-        while let Some(c) = chars.next() {
-            match c {
-                '\\' => match chars.next() {
-                    Some('n') => value.push('\n'),
-                    Some(other) => value.push(other),
-                    None => break,
-                },
-                '"' => break,
-                c => value.push(c),
-            }
-        }
-        labels.push((name.trim().to_string(), value));
-    }
-    labels
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -326,65 +227,6 @@ fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
-}
-
-/// GET /metrics every `period` until stopped (bounded by `max`), like a Prometheus would.
-pub struct Scraper {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    latencies: Arc<std::sync::Mutex<Vec<f64>>>,
-    handle: Option<JoinHandle<()>>,
-}
-
-/// What the scraper saw: successful and failed scrapes, and each successful one's latency (ms).
-pub struct Scrapes {
-    pub ok: u64,
-    pub failed: u64,
-    pub latencies_ms: Vec<f64>,
-}
-
-impl Scraper {
-    pub fn start(addr: SocketAddr, period: Duration, max: Duration) -> Scraper {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
-        let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (s, o, f, l) = (stop.clone(), ok.clone(), failed.clone(), latencies.clone());
-        let handle = std::thread::spawn(move || {
-            let started = Instant::now();
-            let mut next = started;
-            while !s.load(Ordering::SeqCst) && started.elapsed() < max {
-                if Instant::now() >= next {
-                    let t = Instant::now();
-                    match http_get(addr, "/metrics", Duration::from_secs(2)) {
-                        Ok(_) => {
-                            o.fetch_add(1, Ordering::SeqCst);
-                            l.lock().expect("not poisoned").push(t.elapsed().as_secs_f64() * 1e3);
-                        }
-                        Err(_) => {
-                            f.fetch_add(1, Ordering::SeqCst);
-                        }
-                    }
-                    next += period;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        });
-        Scraper { stop, ok, failed, latencies, handle: Some(handle) }
-    }
-
-    pub fn finish(mut self) -> Scrapes {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-        Scrapes {
-            ok: self.ok.load(Ordering::SeqCst),
-            failed: self.failed.load(Ordering::SeqCst),
-            latencies_ms: std::mem::take(&mut *self.latencies.lock().expect("not poisoned")),
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
