@@ -300,6 +300,9 @@ pub struct Config {
     /// `inet_sock.inet_sport` (network order): unlike `skc_num`, it survives the unhash that
     /// tcp_set_state(CLOSE) does just before most active resets.
     pub inet_sport: u16,
+    /// `sock_common.skc_num`: the local port in host order, valid for listeners and their fresh
+    /// children (it is cleared when a socket closes, hence `inet_sport` for resets).
+    pub sk_num: u16,
     pub sk_dport: u16,
     pub sk_daddr: u16,
     pub sk_rcv_saddr: u16,
@@ -381,6 +384,7 @@ impl Config {
         sk_state: 0,
         sk_family: 0,
         inet_sport: 0,
+        sk_num: 0,
         sk_dport: 0,
         sk_daddr: 0,
         sk_rcv_saddr: 0,

@@ -357,13 +357,10 @@ fn set_state<K: Conns>(sk: u64, old: u8, new: u8) {
     K::remember(sk, K::cookie(sk), &info);
 }
 
+/// A listener, or a child it just cloned (both still hashed, so `skc_num` holds the port).
 #[inline(always)]
 fn listener_key<K: Kernel>(sk: u64) -> ListenerKey {
-    ListenerKey {
-        netns: socket::netns::<K>(sk),
-        port: socket::local_port::<K>(K::tcp_sock(sk)),
-        _pad: 0,
-    }
+    ListenerKey { netns: socket::netns::<K>(sk), port: K::read::<u16>(sk, conf!(sk_num)), _pad: 0 }
 }
 
 #[inline(always)]

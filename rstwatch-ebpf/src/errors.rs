@@ -10,7 +10,7 @@ use rstwatch_common::{AF_INET, AF_INET6, ErrorKey, EVENT_SOCKET_ERROR, FlowKey, 
 
 use crate::{
     conn::Conns,
-    maps::{REJECTED, count_error, emit_error, last_reset_on},
+    maps::{LAST_REJECT, REJECTED, count_error, emit_error, last_reset_on},
     read::{Btf, Kernel, conf, probe, tp_field},
     socket,
 };
@@ -147,5 +147,8 @@ fn dropped(skb: u64) -> Option<()> {
     flow.remote_port = u16::from_be_bytes([ports[2], ports[3]]);
     let now = unsafe { bpf_ktime_get_ns() };
     let _ = REJECTED.insert(&flow, &now, 0);
+    if let Some(last) = LAST_REJECT.get_ptr_mut(0) {
+        unsafe { *last = now };
+    }
     Some(())
 }

@@ -14,12 +14,13 @@ use rstwatch_common::{
 #[map]
 pub static COUNTS: PerCpuHashMap<CountKey, u64> = PerCpuHashMap::with_max_entries(16384, 0);
 
-/// Where `count` puts a reset whose key no longer fits in COUNTS: the same key without port,
-/// owner and cgroup (one per set of classifier inputs, a few hundred at most). A map of its own,
-/// so that a flood of distinct ports or owners, which fills COUNTS, cannot take its room: counts
-/// by cause stay exact however full COUNTS is.
+/// Where `count` puts a reset whose key no longer fits in COUNTS: the same key without port (one
+/// per set of classifier inputs and owner), or failing that without owner too (one per set of
+/// classifier inputs, a few hundred at most). A map of its own, so that a flood of distinct
+/// ports, which fills COUNTS, cannot take its room: counts by cause stay exact however full
+/// COUNTS is, and they keep their owner.
 #[map]
-pub static COUNTS_OTHER: PerCpuHashMap<CountKey, u64> = PerCpuHashMap::with_max_entries(1024, 0);
+pub static COUNTS_OTHER: PerCpuHashMap<CountKey, u64> = PerCpuHashMap::with_max_entries(4096, 0);
 
 /// Per-connection memory of the classic tracepoint programs, keyed by socket address: birth
 /// time, passive open, prior state, owner. LRU so it stays bounded under any churn; entries are
@@ -63,6 +64,12 @@ pub static CLOSED_FLOWS: LruHashMap<FlowKey, Owner> = LruHashMap::with_max_entri
 /// the time: a reset arriving for that flow right after came from the firewall, not from TCP.
 #[map]
 pub static REJECTED: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(4096, 0);
+
+/// When the firewall last rejected a segment (any flow): while nothing was rejected recently,
+/// received resets skip the REJECTED lookup. Plain stores from any CPU; a lost race only costs
+/// one lookup more or less within the window.
+#[map]
+pub static LAST_REJECT: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Exact counts of errors queued on sockets because of resets, by errno, port and owner.
 #[map]
@@ -130,40 +137,61 @@ pub struct LastReceive {
 const SAME_PATH_NS: u64 = 1_000_000;
 
 #[inline(always)]
-pub fn count(key: &CountKey) {
-    if let Some(value) = COUNTS.get_ptr_mut(key) {
-        unsafe { *value += 1 };
+pub fn count(key: &mut CountKey) {
+    if bump(&COUNTS, key, 1) {
         return;
     }
-    // A new key; if another CPU inserted it meanwhile, BPF_ANY only sets this CPU's slot, which
-    // was 0, so nothing is lost either way.
-    if COUNTS.insert(key, &1, BPF_ANY as u64).is_ok() {
-        return;
-    }
-    // Full: keep the count exact by cause at the cost of the port and the owner.
+    // Full (a flood of distinct ports fills it): keep the count exact by cause, and the owner,
+    // at the cost of the port; failing that, of the owner too.
     bump_lost(lost::COUNT_MAP_FULL);
-    let fallback = without_port_and_owner(key);
-    if let Some(value) = COUNTS_OTHER.get_ptr_mut(&fallback) {
-        unsafe { *value += 1 };
-    } else if COUNTS_OTHER.insert(&fallback, &1, BPF_ANY as u64).is_err() {
+    if !without_port(key, |key| bump(&COUNTS_OTHER, key, 1)) {
         bump_lost(lost::COUNT_UNRECORDED);
     }
 }
 
+/// Take back one count for `key` on this CPU (the per-CPU slot may go below zero when summed
+/// alone; userspace only ever reads the sum over CPUs, which stays exact), wherever `count` put it.
 #[inline(always)]
-fn without_port_and_owner(key: &CountKey) -> CountKey {
-    CountKey { port: 0, comm: [0; 16], cgroup_id: 0, ..*key }
+pub fn uncount(key: &mut CountKey) {
+    if !bump_existing(&COUNTS, key, u64::MAX) {
+        without_port(key, |key| bump_existing(&COUNTS_OTHER, key, u64::MAX));
+    }
 }
 
-/// Take back one count for `key` on this CPU (the per-CPU slot may go below zero when summed
-/// alone; userspace only ever reads the sum over CPUs, which stays exact). A key that did not fit
-/// in COUNTS was counted in COUNTS_OTHER.
+/// Run `f` on the key without its port, then without port and owner, until it succeeds. The key
+/// is changed in place and restored: a copy would cost stack the reset programs do not have.
 #[inline(always)]
-pub fn uncount(key: &CountKey) {
-    if let Some(value) = COUNTS.get_ptr_mut(key) {
-        unsafe { *value = (*value).wrapping_sub(1) };
-    } else if let Some(value) = COUNTS_OTHER.get_ptr_mut(&without_port_and_owner(key)) {
-        unsafe { *value = (*value).wrapping_sub(1) };
+fn without_port(key: &mut CountKey, f: impl Fn(&CountKey) -> bool) -> bool {
+    let port = key.port;
+    key.port = 0;
+    let mut done = f(key);
+    if !done {
+        let (comm, cgroup_id) = (key.comm, key.cgroup_id);
+        key.comm = [0; 16];
+        key.cgroup_id = 0;
+        done = f(key);
+        key.comm = comm;
+        key.cgroup_id = cgroup_id;
+    }
+    key.port = port;
+    done
+}
+
+/// Add `delta` (wrapping) to this CPU's slot of `key`, inserting it if new. A key another CPU
+/// inserted meanwhile is fine: BPF_ANY only sets this CPU's slot, which was 0.
+#[inline(always)]
+fn bump(map: &PerCpuHashMap<CountKey, u64>, key: &CountKey, delta: u64) -> bool {
+    bump_existing(map, key, delta) || map.insert(key, &delta, BPF_ANY as u64).is_ok()
+}
+
+#[inline(always)]
+fn bump_existing(map: &PerCpuHashMap<CountKey, u64>, key: &CountKey, delta: u64) -> bool {
+    match map.get_ptr_mut(key) {
+        Some(value) => {
+            unsafe { *value = (*value).wrapping_add(delta) };
+            true
+        }
+        None => false,
     }
 }
 
@@ -282,11 +310,11 @@ pub fn remember_last_receive(socket: u64, ts_ns: u64, key: &CountKey) {
 
 /// The receive_reset this CPU just traced for `socket`, if it was on the same kernel path.
 #[inline(always)]
-pub fn take_last_receive(socket: u64, now_ns: u64) -> Option<&'static CountKey> {
+pub fn take_last_receive(socket: u64, now_ns: u64) -> Option<&'static mut CountKey> {
     let last = unsafe { &mut *LAST_RECEIVE.get_ptr_mut(note_slot(socket))? };
     if last.socket != socket || now_ns.wrapping_sub(last.ts_ns) > SAME_PATH_NS {
         return None;
     }
     last.socket = 0;
-    Some(&last.key)
+    Some(&mut last.key)
 }

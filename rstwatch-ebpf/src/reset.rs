@@ -18,7 +18,7 @@ use rstwatch_common::{
 use crate::{
     conn::Conns,
     maps::{
-        REJECTED, count, emit, remember_last_receive,
+        LAST_REJECT, REJECTED, count, emit, remember_last_receive,
         remember_last_reset, take_last_receive, uncount,
     },
     read::{Btf, Probe, conf, tp_field},
@@ -143,12 +143,14 @@ fn receive_reset<K: Conns>(sk: u64, cookie: u64) -> Option<()> {
     if state == tcp_state::TIME_WAIT {
         K::timewait_owner_into(sk, own_cookie, ev);
     }
-    let flow = flow_of(ev);
-    if let Some(rejected_at) = unsafe { REJECTED.get(&flow) } {
-        if ev.ts_ns.wrapping_sub(*rejected_at) <= INJECTED_WINDOW_NS {
-            ev.key.facts |= fact::INJECTED;
+    if recently_rejected(ev.ts_ns) {
+        let flow = flow_of(ev);
+        if let Some(rejected_at) = unsafe { REJECTED.get(&flow) } {
+            if ev.ts_ns.wrapping_sub(*rejected_at) <= INJECTED_WINDOW_NS {
+                ev.key.facts |= fact::INJECTED;
+            }
+            let _ = REJECTED.remove(&flow);
         }
-        let _ = REJECTED.remove(&flow);
     }
     let closing = matches!(
         state,
@@ -164,6 +166,13 @@ fn receive_reset<K: Conns>(sk: u64, cookie: u64) -> Option<()> {
         remember_last_receive(K::identity(sk, own_cookie), ev.ts_ns, &ev.key);
     }
     Some(())
+}
+
+/// Did the firewall reject anything within the injection window?
+#[inline(always)]
+fn recently_rejected(now_ns: u64) -> bool {
+    let Some(last) = LAST_REJECT.get(0) else { return true };
+    *last != 0 && now_ns.wrapping_sub(*last) <= INJECTED_WINDOW_NS
 }
 
 /// A zeroed event in the caller's stack space, without the copy a returned value would cost
@@ -217,7 +226,7 @@ pub fn flow_of(ev: &ResetEvent) -> FlowKey {
 #[inline(always)]
 fn finish<K: Conns>(ev: &mut ResetEvent) {
     ev.key.port = socket::service_port(ev);
-    count(&ev.key);
+    count(&mut ev.key);
     emit(ev);
     if K::ERRORS_NEED_NOTE {
         remember_last_reset(ev);

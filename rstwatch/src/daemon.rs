@@ -8,10 +8,7 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow};
-use aya::{
-    maps::{MapData, PerCpuArray, PerCpuHashMap},
-    programs::ProgramFd,
-};
+use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
 use log::{info, warn};
 use rstwatch_common::{CountKey, ErrorKey};
 use tokio::signal::unix::{SignalKind, signal};
@@ -25,6 +22,7 @@ use crate::{
     metrics::Metrics,
     output::{self, RateLimiter, WallClock},
     prog_stats,
+    probes::AttachedProgram,
     session::{KernelArgs, Session},
 };
 
@@ -51,7 +49,7 @@ struct Counters {
     lost: PerCpuArray<MapData, u64>,
     classifier: Classifier,
     labels: Labels,
-    reset_programs: Vec<ProgramFd>,
+    programs: Vec<AttachedProgram>,
 }
 
 struct Shared(Mutex<Counters>);
@@ -65,7 +63,7 @@ impl Shared {
 impl Exporter for Shared {
     fn metrics(&self) -> anyhow::Result<Vec<u8>> {
         let mut counters = self.lock()?;
-        let Counters { metrics, counts, counts_other, errors, errors_other, lost, classifier, labels, reset_programs } =
+        let Counters { metrics, counts, counts_other, errors, errors_other, lost, classifier, labels, programs } =
             &mut *counters;
         let (resets, overflow, [count_entries, other_entries]) =
             counts::read_series([counts, counts_other], classifier, labels)?;
@@ -76,8 +74,12 @@ impl Exporter for Shared {
         metrics.set_map_entries("errors", error_entries);
         let mut lost = counts::read_lost(lost)?;
         let mut skipped = 0;
-        for program in reset_programs.iter() {
-            skipped += prog_stats::recursion_misses(program)?;
+        for program in programs.iter() {
+            let stats = prog_stats::read(&program.fd)?;
+            if program.counts_resets {
+                skipped += stats.recursion_misses;
+            }
+            metrics.set_program_stats(program.probe, &stats);
         }
         lost.push((counts::PROBE_SKIPPED, skipped));
         metrics.sync(&resets, &errors, &lost, &overflow);
@@ -138,7 +140,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             pods: attribution.filter(|_| kubernetes),
             ..Labels::new(options.max_ports, options.max_comms)
         },
-        reset_programs: std::mem::take(&mut probes.reset_programs),
+        programs: std::mem::take(&mut probes.programs),
     })));
 
     // Start-up parsed the kernel's 5 MB BTF and freed it; give that memory back to the system.

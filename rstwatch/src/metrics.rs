@@ -29,6 +29,9 @@ pub struct Metrics {
     label_overflow: IntCounterVec,
     map_entries: IntGaugeVec,
     map_capacity: IntGaugeVec,
+    program_runs: IntCounterVec,
+    program_run_seconds: prometheus::CounterVec,
+    program_skipped: IntCounterVec,
     /// What each series had reached at the previous sync, by metric: counters only move by the
     /// kernel's increase since then.
     last: HashMap<(&'static str, Vec<String>), u64>,
@@ -92,11 +95,24 @@ impl Metrics {
             Opts::new("rstwatch_map_capacity", "Maximum entries of each bounded in-kernel map. counts, counts_other, errors and errors_other: exact counters (see rstwatch_map_entries); conn, closed_flows, listeners, rejected: LRU maps of per-connection memory, which evict their oldest entries when full (their fill is not exported: full is their normal state under churn, and counting it would walk 65536 keys per scrape)."),
             &["map"],
         )?;
+        let program_runs = IntCounterVec::new(
+            Opts::new("rstwatch_program_runs_total", "Runs of each rstwatch kernel program, counted by the kernel while kernel.bpf_stats_enabled=1 (0 otherwise)."),
+            &["probe"],
+        )?;
+        let program_run_seconds = prometheus::CounterVec::new(
+            Opts::new("rstwatch_program_run_seconds_total", "CPU time spent in each rstwatch kernel program, measured by the kernel while kernel.bpf_stats_enabled=1 (0 otherwise): rstwatch's own cost."),
+            &["probe"],
+        )?;
+        let program_skipped = IntCounterVec::new(
+            Opts::new("rstwatch_program_recursion_misses_total", "Times the kernel skipped an rstwatch program because another BPF tracing program was running on that CPU (bpf_prog_info.recursion_misses); for the reset probes each is a reset not counted (also in rstwatch_events_lost_total{stage=\"probe_skipped\"})."),
+            &["probe"],
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("rstwatch_build_info", "rstwatch version and the kernel it runs on."),
             &["version", "kernel"],
         )?;
-        for collector in [&resets, &lost, &rate_limited, &socket_errors, &label_overflow] {
+        registry.register(Box::new(program_run_seconds.clone()))?;
+        for collector in [&resets, &lost, &rate_limited, &socket_errors, &label_overflow, &program_runs, &program_skipped] {
             registry.register(Box::new(collector.clone()))?;
         }
         for collector in [&idle, &age] {
@@ -143,6 +159,9 @@ impl Metrics {
             label_overflow,
             map_entries,
             map_capacity,
+            program_runs,
+            program_run_seconds,
+            program_skipped,
             last: HashMap::new(),
         })
     }
@@ -186,6 +205,22 @@ impl Metrics {
         }
         for (label, total) in overflow {
             advance(&mut self.last, "label_overflow", &self.label_overflow, &[label], *total);
+        }
+    }
+
+    /// Bring one program's kernel-kept totals (`prog_stats`) into its counters.
+    pub fn set_program_stats(&mut self, probe: &str, stats: &crate::prog_stats::ProgStats) {
+        // Every attached program has its series from the first scrape, at 0 without bpf_stats.
+        self.program_runs.with_label_values(&[probe]);
+        self.program_run_seconds.with_label_values(&[probe]);
+        self.program_skipped.with_label_values(&[probe]);
+        advance(&mut self.last, "program_runs", &self.program_runs, &[probe], stats.run_cnt);
+        advance(&mut self.last, "program_skipped", &self.program_skipped, &[probe], stats.recursion_misses);
+        let seen = self.last.entry(("program_run_ns", vec![probe.to_string()])).or_insert(0);
+        if stats.run_time_ns > *seen {
+            let added = (stats.run_time_ns - *seen) as f64 / 1e9;
+            self.program_run_seconds.with_label_values(&[probe]).inc_by(added);
+            *seen = stats.run_time_ns;
         }
     }
 

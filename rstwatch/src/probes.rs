@@ -84,6 +84,12 @@ pub const PROBES: &[ProbeSpec] = &[
     },
 ];
 
+pub struct AttachedProgram {
+    pub probe: &'static str,
+    pub counts_resets: bool,
+    pub fd: ProgramFd,
+}
+
 /// Which kind of program to attach.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ProgramType {
@@ -106,8 +112,9 @@ pub struct Probes {
     pub status: Vec<(&'static str, ProbeStatus)>,
     /// What the attached probes let this node see (`compat`).
     pub coverage: Coverage,
-    /// Descriptors of the attached reset programs, to read how often the kernel skipped them.
-    pub reset_programs: Vec<ProgramFd>,
+    /// Every attached program, by probe name, and whether it counts resets: to read how often
+    /// the kernel skipped it and what it costs (`prog_stats`).
+    pub programs: Vec<AttachedProgram>,
 }
 
 pub fn load_and_attach(
@@ -132,7 +139,7 @@ pub fn load_and_attach(
         ProgramType::Tracepoint => None,
     };
     let mut status: Vec<(&'static str, ProbeStatus)> = Vec::new();
-    let mut reset_programs = Vec::new();
+    let mut programs = Vec::new();
     let usable = |spec: &ProbeSpec| (spec.usable)(&layout.config);
     let has_btf = |spec: &ProbeSpec| layout.btf_tracepoints.contains_key(spec.event);
     let shared_btf = match &btf {
@@ -177,9 +184,8 @@ pub fn load_and_attach(
             Ok(program) => {
                 let kind = if program == spec.btf_program { "tp_btf" } else { "tracepoint" };
                 status.push((spec.name, ProbeStatus::Attached(kind)));
-                if spec.required {
-                    reset_programs.push(program_fd(&ebpf, program)?);
-                }
+                let fd = program_fd(&ebpf, program)?;
+                programs.push(AttachedProgram { probe: spec.name, counts_resets: spec.required, fd });
             }
             Err(err) if !spec.required => {
                 warn!("{}:{} not attached, rstwatch will know less: {err:#}", spec.category, spec.event);
@@ -196,7 +202,8 @@ pub fn load_and_attach(
         match attach_kprobe(&mut ebpf, function, program) {
             Ok(()) => {
                 status.push((function, ProbeStatus::Attached("kprobe")));
-                reset_programs.push(program_fd(&ebpf, program)?);
+                let fd = program_fd(&ebpf, program)?;
+                programs.push(AttachedProgram { probe: function, counts_resets: true, fd });
             }
             Err(err) => status.push((function, ProbeStatus::Missing(format!("{err:#}")))),
         }
@@ -214,7 +221,7 @@ pub fn load_and_attach(
         },
     };
     info!("{}", compat::summary(&layout.release, &status, &coverage));
-    Ok(Probes { ebpf, status, coverage, reset_programs })
+    Ok(Probes { ebpf, status, coverage, programs })
 }
 
 /// A kprobe, where the kernel has them (CONFIG_KPROBES) and lets this process use them.

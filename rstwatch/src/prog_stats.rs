@@ -1,8 +1,9 @@
-//! How often the kernel skipped one of our programs. A classic tracepoint program does not run
-//! when another BPF tracing program is already running on that CPU (an interrupt arriving during
-//! one of ours, or another tool's kprobe): the kernel counts that in `recursion_misses`, and a
-//! skipped reset program is a reset nobody counted, so it is exported instead of ignored.
-//! aya 0.14 does not expose the field; the UAPI struct is append-only, so its prefix is stable.
+//! What the kernel reports about each of our programs: how often it skipped one (a tracing
+//! program does not run when another BPF tracing program is already running on that CPU: an
+//! interrupt arriving during one of ours, or another tool's kprobe; a skipped reset program is a
+//! reset nobody counted, so it is exported instead of ignored), and, while
+//! `kernel.bpf_stats_enabled=1`, how often it ran and for how long: rstwatch's own cost.
+//! aya 0.14 does not expose these fields; the UAPI struct is append-only, so its prefix is stable.
 
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
@@ -60,8 +61,15 @@ struct InfoByFdAttr {
 
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 
-/// Times the kernel skipped this program since it was loaded.
-pub fn recursion_misses(fd: &ProgramFd) -> anyhow::Result<u64> {
+/// A program's totals since it was loaded (runs and run time stay 0 without bpf_stats).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgStats {
+    pub run_cnt: u64,
+    pub run_time_ns: u64,
+    pub recursion_misses: u64,
+}
+
+pub fn read(fd: &ProgramFd) -> anyhow::Result<ProgStats> {
     let mut info = ProgInfoPrefix::default();
     let attr = InfoByFdAttr {
         bpf_fd: fd.as_fd().as_raw_fd() as u32,
@@ -79,5 +87,5 @@ pub fn recursion_misses(fd: &ProgramFd) -> anyhow::Result<u64> {
     if ret < 0 {
         return Err(std::io::Error::last_os_error()).context("BPF_OBJ_GET_INFO_BY_FD");
     }
-    Ok(info.recursion_misses)
+    Ok(ProgStats { run_cnt: info.run_cnt, run_time_ns: info.run_time_ns, recursion_misses: info.recursion_misses })
 }

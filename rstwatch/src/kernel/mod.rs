@@ -250,6 +250,7 @@ const BTF_FIELDS: &[(&str, Slot, &str, &[&str], u32)] = &[
     ("sk_state", |c| &mut c.sk_state, "sock", &["__sk_common.skc_state"], 1),
     ("sk_family", |c| &mut c.sk_family, "sock", &["__sk_common.skc_family"], 2),
     ("inet_sport", |c| &mut c.inet_sport, "inet_sock", &["inet_sport"], 2),
+    ("sk_num", |c| &mut c.sk_num, "sock", &["__sk_common.skc_num"], 2),
     ("sk_dport", |c| &mut c.sk_dport, "sock", &["__sk_common.skc_dport"], 2),
     ("sk_daddr", |c| &mut c.sk_daddr, "sock", &["__sk_common.skc_daddr"], 4),
     ("sk_rcv_saddr", |c| &mut c.sk_rcv_saddr, "sock", &["__sk_common.skc_rcv_saddr"], 4),
