@@ -26,14 +26,19 @@ pub struct Daemon {
 
 static DAEMON: OnceLock<std::result::Result<Daemon, String>> = OnceLock::new();
 
-/// Path of the binary: `$RSTWATCH_BIN`, else `<workspace>/target/release/rstwatch`.
+/// Path of the binary: `$RSTWATCH_BIN`, else `rstwatch` in the release directory cargo builds
+/// into (`$CARGO_TARGET_DIR`, relative to the workspace, or `<workspace>/target`).
 pub fn binary_path() -> PathBuf {
     if let Some(p) = std::env::var_os("RSTWATCH_BIN") {
         return PathBuf::from(p);
     }
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let ws = manifest.parent().unwrap_or(&manifest).to_path_buf();
-    ws.join("target").join("release").join("rstwatch")
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => ws.join(dir),
+        _ => ws.join("target"),
+    };
+    target.join("release").join("rstwatch")
 }
 
 /// The daemon of this process, started on first call. Panics (with the reason) if it cannot start,

@@ -106,9 +106,23 @@ fn workspace_root() -> PathBuf {
 }
 
 fn build_release(root: &Path) -> anyhow::Result<PathBuf> {
-    setup::say("building target/release/rstwatch (the eBPF object is built and embedded by aya-build)");
+    let binary = release_dir(root).join("rstwatch");
+    setup::say(&format!("building {} (the eBPF object is built and embedded by aya-build)", binary.display()));
     cargo(root, &["build", "--release", "-p", "rstwatch"], &[])?;
-    Ok(root.join("target/release/rstwatch"))
+    Ok(binary)
+}
+
+/// Where cargo puts release binaries: `$CARGO_TARGET_DIR/release` when set (relative to the
+/// workspace, as cargo reads it), else `target/release`.
+pub fn release_dir(root: &Path) -> PathBuf {
+    target_dir(root).join("release")
+}
+
+pub fn target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => root.join(dir),
+        _ => root.join("target"),
+    }
 }
 
 fn cargo_command(root: &Path, args: &[&str], extra: &[String]) -> Command {

@@ -83,7 +83,7 @@ pub fn run(root: &Path, options: Options) -> anyhow::Result<()> {
         bail!("vm-test loads eBPF programs and creates network namespaces: run as root");
     }
     let binaries = build(root)?;
-    let work = root.join("target/vm-test");
+    let work = crate::target_dir(root).join("vm-test");
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
 
     let mut results = Vec::new();
@@ -133,8 +133,8 @@ fn build(root: &Path) -> anyhow::Result<Binaries> {
     say("building rstwatch and the scenario runner (release)");
     crate::cargo(root, &["build", "--release", "-p", "rstwatch", "-p", "rstwatch-tests", "--bin", "rstwatch", "--bin", "scenario"], &[])?;
     Ok(Binaries {
-        rstwatch: root.join("target/release/rstwatch"),
-        scenario: root.join("target/release/scenario"),
+        rstwatch: crate::release_dir(root).join("rstwatch"),
+        scenario: crate::release_dir(root).join("scenario"),
     })
 }
 

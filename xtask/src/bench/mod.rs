@@ -294,13 +294,13 @@ pub fn run(root: &Path, options: Options) -> anyhow::Result<()> {
     }
     report::ensure_font()?;
     let (rstwatch, storm) = if options.no_build {
-        (root.join("target/release/rstwatch"), root.join("target/release/storm"))
+        (crate::release_dir(root).join("rstwatch"), crate::release_dir(root).join("storm"))
     } else {
         setup::ensure_build_tools()?;
         let rstwatch = crate::build_release(root)?;
         setup::say("building target/release/storm (the storm generator, rstwatch-tests)");
         crate::cargo(root, &["build", "--release", "-p", "rstwatch-tests", "--bin", "storm"], &[])?;
-        (rstwatch, root.join("target/release/storm"))
+        (rstwatch, crate::release_dir(root).join("storm"))
     };
     for binary in [&rstwatch, &storm] {
         if !binary.exists() {
