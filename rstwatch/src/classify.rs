@@ -1,5 +1,5 @@
 //! The cause classifier: a pure function from the facts the kernel gathered about one reset to
-//! one cause. Table-tested below; the kernel evidence behind each row is in KERNEL-RESETS.md.
+//! one cause. Table-tested below; the kernel evidence behind each row is in docs/kernel.md.
 
 use rstwatch_common::{CountKey, DIRECTION_SENT, REASON_NONE, STATE_NONE, extra_fact, fact, tcp_state};
 
@@ -282,7 +282,7 @@ mod tests {
 
     const FULL: u16 = FULL_SOCKET;
 
-    /// One row per scenario of KERNEL-RESETS.md (a), with the facts the kernel reported there.
+    /// One row per scenario of tests/README.md, with the facts the kernel reported there.
     #[test]
     fn sent_resets_on_kernels_with_a_reason() {
         let table: &[(&str, ResetFacts, Cause)] = &[

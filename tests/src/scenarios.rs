@@ -7,7 +7,7 @@
 //! delta is checked against the expected number of sent resets, so a scenario fails by itself when
 //! the kernel did something else than what it was written for.
 //!
-//! Numbers like (5a) refer to rows of /work/shared/KERNEL-RESETS.md.
+//! Numbers like (5a) are the rows of the scenario table in tests/README.md (see docs/kernel.md).
 
 use std::io::{ErrorKind, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddrV4};

@@ -1,7 +1,7 @@
 //! tracefs: where it is, and what the `format` files of its events say.
 //!
 //! Classic tracepoint programs get the raw trace record, whose layout changes between kernel
-//! versions (see KERNEL-RESETS.md §C.2), so every offset is read from the running kernel.
+//! versions (see docs/kernel.md, "Hooks"), so every offset is read from the running kernel.
 
 use std::ffi::CString;
 use std::fs;
