@@ -1,5 +1,6 @@
 //! Types shared by the eBPF programs and the daemon. Every struct here crosses the
-//! kernel/user boundary byte for byte, so each is `#[repr(C)]` with explicit padding.
+//! kernel/user boundary byte for byte, so each is `#[repr(C)]`, and their layouts are checked at
+//! compile time at the end of this file.
 #![no_std]
 
 /// First field of every ring-buffer record: what follows.
@@ -436,3 +437,24 @@ mod pod {
     unsafe impl aya::Pod for super::SocketErrorEvent {}
     unsafe impl aya::Pod for super::Owner {}
 }
+
+/// The layouts both sides rely on, checked at compile time on both: a field added, removed or
+/// reordered without its padding fails the build instead of garbling the maps and the ring buffer.
+const _: () = {
+    use core::mem::{offset_of, size_of};
+    assert!(size_of::<Owner>() == 48);
+    assert!(size_of::<CountKey>() == 40);
+    assert!(offset_of!(CountKey, comm) == 12);
+    assert!(offset_of!(CountKey, cgroup_id) == 32);
+    assert!(size_of::<ErrorKey>() == 20);
+    assert!(size_of::<FlowKey>() == 40);
+    assert!(size_of::<ListenerKey>() == 8);
+    assert!(size_of::<ConnInfo>() == 64);
+    assert!(offset_of!(ConnInfo, owner) == 16);
+    assert!(size_of::<SocketErrorEvent>() == 96);
+    assert!(offset_of!(ResetEvent, key) == 8);
+    assert!(offset_of!(ResetEvent, ts_ns) == 96);
+    assert!(offset_of!(ResetEvent, owner) == 192);
+    assert!(size_of::<ResetEvent>() == 240);
+    assert!(size_of::<ResetEvent>() % 8 == 0 && size_of::<Config>() % 2 == 0);
+};

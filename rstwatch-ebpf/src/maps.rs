@@ -51,8 +51,7 @@ pub struct ConnSlot {
 pub static CLOSE_NOTES: Array<u64> = Array::with_max_entries(CLOSE_NOTE_SLOTS, 0);
 pub const CLOSE_NOTE_SLOTS: u32 = 4096;
 
-/// Owners of listening sockets, for the children they hand out in softirq (classic programs;
-/// the tp_btf ones inherit through CONN_STORAGE).
+/// Owners of listening sockets, for the children they hand out in softirq.
 #[map]
 pub static LISTENERS: LruHashMap<ListenerKey, Owner> = LruHashMap::with_max_entries(16384, 0);
 

@@ -132,8 +132,9 @@ fn btf_tracepoint_args(btf: &KernelBtf, config: &mut Config) -> BTreeMap<&'stati
     config.btf_send_reason_arg = reason_arg("tcp_send_reset", "enum sk_rst_reason");
     config.btf_kfree_reason_arg = reason_arg("kfree_skb", "enum skb_drop_reason");
     // The programs read `reason` at argument 2 only (the verifier wants constant offsets); where
-    // the kernel puts it elsewhere, or has none, the classic tracepoint is the one that works.
-    if config.btf_send_reason_arg != 2 {
+    // the kernel puts it elsewhere, the classic tracepoint is the one that works. Without one
+    // (before 6.10) the program reads no reason, and the verifier never walks that read.
+    if ![2, ABSENT].contains(&config.btf_send_reason_arg) {
         found.remove("tcp_send_reset");
     }
     if config.btf_kfree_reason_arg != 2 {
