@@ -236,14 +236,32 @@ fn classify_received(f: &ResetFacts) -> Cause {
     match f.state {
         tcp_state::SYN_SENT => Cause::ConnectionRefused,
         tcp_state::CLOSE_WAIT => Cause::StaleConnection,
-        tcp_state::ESTABLISHED if f.has(fact::NOTHING_RECEIVED) => Cause::HandshakeReset,
-        tcp_state::ESTABLISHED if f.has(fact::IDLE_BEFORE_SEND) => Cause::IdleReset,
-        tcp_state::ESTABLISHED => Cause::PeerReset,
+        tcp_state::ESTABLISHED => classify_received_established(f),
         tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 | tcp_state::CLOSING | tcp_state::LAST_ACK => {
             Cause::ResetWhileClosing
         }
         _ => Cause::Other,
     }
+}
+
+/// An open connection reset by its peer: what this side had sent, had acknowledged, had received
+/// and how long it had been silent tell the stories apart.
+fn classify_received_established(f: &ResetFacts) -> Cause {
+    // Silence first: the reset answered the first send after at least --idle-threshold without a
+    // segment from the peer (no ACK came after that send, or IDLE_BEFORE_SEND would be clear). The
+    // peer or a middlebox lost the flow during the silence, whether or not it ever replied; a
+    // server that crashes or gives up on an acknowledged request resets without waiting for us.
+    if f.has(fact::IDLE_BEFORE_SEND) {
+        return Cause::IdleReset;
+    }
+    if f.has(fact::NOTHING_RECEIVED) {
+        // The peer's TCP took our request but its application never answered.
+        if f.has_extra(extra_fact::DATA_ACKED) {
+            return Cause::ResetBeforeResponse;
+        }
+        return Cause::HandshakeReset;
+    }
+    Cause::PeerReset
 }
 
 /// Lower-case name of a TCP state, as used in the `state` label; `none` without a socket.
@@ -278,6 +296,10 @@ mod tests {
 
     fn received(state: u8, facts: u16) -> ResetFacts {
         ResetFacts { direction: Direction::Received, reason: None, state, prior_state: 0, facts, extra_facts: 0 }
+    }
+
+    fn received_acked(state: u8, facts: u16) -> ResetFacts {
+        ResetFacts { extra_facts: rstwatch_common::extra_fact::DATA_ACKED, ..received(state, facts) }
     }
 
     const FULL: u16 = FULL_SOCKET;
@@ -332,7 +354,14 @@ mod tests {
             ("7a peer accept queue overflow", received(ESTABLISHED, FULL | NOTHING_RECEIVED), Cause::HandshakeReset),
             ("idle flow dropped by a middlebox", received(ESTABLISHED, FULL | IDLE_BEFORE_SEND), Cause::IdleReset),
             ("2 peer linger 0", received(ESTABLISHED, FULL), Cause::PeerReset),
-            ("handshake beats idle", received(ESTABLISHED, FULL | NOTHING_RECEIVED | IDLE_BEFORE_SEND), Cause::HandshakeReset),
+            ("opened, idle, first request reset: the flow was forgotten", received(ESTABLISHED, FULL | NOTHING_RECEIVED | IDLE_BEFORE_SEND), Cause::IdleReset),
+            ("14 listener closed: request acked by the queued child, no reply", received_acked(ESTABLISHED, FULL | NOTHING_RECEIVED), Cause::ResetBeforeResponse),
+            ("server killed mid-upload (kill -9, unread body)", received_acked(ESTABLISHED, FULL | NOTHING_RECEIVED), Cause::ResetBeforeResponse),
+            ("nginx reset_timedout_connection on a stalled body", received_acked(ESTABLISHED, FULL | NOTHING_RECEIVED | UNSENT_DATA), Cause::ResetBeforeResponse),
+            ("request acked, silence, next send reset", received_acked(ESTABLISHED, FULL | NOTHING_RECEIVED | IDLE_BEFORE_SEND), Cause::IdleReset),
+            ("reply received, then reset: mid-stream", received_acked(ESTABLISHED, FULL), Cause::PeerReset),
+            ("acked request, FIN sent by us: closing wins", received_acked(FIN_WAIT1, FULL | NOTHING_RECEIVED), Cause::ResetWhileClosing),
+            ("stale keep-alive with acked requests", received_acked(CLOSE_WAIT, FULL), Cause::StaleConnection),
             ("11d FIN_WAIT2", received(FIN_WAIT2, FULL), Cause::ResetWhileClosing),
             ("FIN_WAIT1", received(FIN_WAIT1, FULL), Cause::ResetWhileClosing),
             ("CLOSING", received(CLOSING, FULL), Cause::ResetWhileClosing),
