@@ -54,6 +54,19 @@ const RECENT: usize = 1024;
 
 type Flow = (SocketAddr, SocketAddr);
 
+/// A dual-stack socket (a JVM's) reports IPv4 peers as `::ffff:a.b.c.d`; its partner, an IPv4
+/// socket, as `a.b.c.d`.
+fn flow(local: SocketAddr, remote: SocketAddr) -> Flow {
+    let plain = |addr: SocketAddr| match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => addr,
+        },
+        v4 => v4,
+    };
+    (plain(local), plain(remote))
+}
+
 struct Held {
     observation: Observation,
     /// When it happened.
@@ -89,7 +102,7 @@ impl Pairer {
                 let paired = self.pair(&mut reset);
                 if !paired {
                     let seq = self.first_seq + self.held.len() as u64;
-                    self.waiting.insert((reset.direction, (reset.local, reset.remote)), seq);
+                    self.waiting.insert((reset.direction, flow(reset.local, reset.remote)), seq);
                 }
                 Held { ts: reset.monotonic_ns, paired, observation: Observation::Reset(reset) }
             }
@@ -113,7 +126,7 @@ impl Pairer {
             let seq = self.first_seq;
             self.first_seq += 1;
             if let Observation::Reset(reset) = &held.observation {
-                let key = (reset.direction, (reset.local, reset.remote));
+                let key = (reset.direction, flow(reset.local, reset.remote));
                 if self.waiting.get(&key) == Some(&seq) {
                     self.waiting.remove(&key);
                 }
@@ -129,7 +142,7 @@ impl Pairer {
     /// Find `reset`'s partner among the held resets (both learn of each other) or the recently
     /// released ones (only `reset` learns). True if it found one that is still held.
     fn pair(&mut self, reset: &mut Reset) -> bool {
-        let partner_key = (opposite(reset.direction), (reset.remote, reset.local));
+        let partner_key = (opposite(reset.direction), flow(reset.remote, reset.local));
         if let Some(&seq) = self.waiting.get(&partner_key) {
             let index = (seq - self.first_seq) as usize;
             if let Some(Held { observation: Observation::Reset(partner), paired, .. }) = self.held.get_mut(index)

@@ -57,7 +57,8 @@ fn resets(out: &[Observation]) -> Vec<&Reset> {
 fn an_active_reset_pairs_received_first_and_both_learn_the_other_end() {
     let mut pairer = Pairer::new();
     let mut out = Vec::new();
-    let rx = reset(Direction::Received, Cause::PeerReset, "127.0.0.1:40000", "127.0.0.1:8080", 1_000, Some(owner("java", 7)));
+    // A JVM's dual-stack socket names IPv4 addresses v4-mapped.
+    let rx = reset(Direction::Received, Cause::PeerReset, "[::ffff:127.0.0.1]:40000", "[::ffff:127.0.0.1]:8080", 1_000, Some(owner("java", 7)));
     let tx = reset(Direction::Sent, Cause::LingerZeroClose, "127.0.0.1:8080", "127.0.0.1:40000", 1_010, Some(owner("nginx", 812)));
     pairer.push(Observation::Reset(rx), 1_000, &mut out);
     assert!(out.is_empty(), "the received reset waits for its partner");
