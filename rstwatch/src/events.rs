@@ -370,9 +370,9 @@ pub async fn read_events(
                 }
                 Record::SocketError(ev) => Observation::SocketError(decoder.decode_error(&ev, &linker)),
             };
-            pairer.push(observation, now, &mut observations);
+            pairer.push(observation, now);
         }
-        // Unpaired resets whose wait is over go out on the tick.
+        // Paired resets go out now, unpaired ones once their wait is over (on a later tick).
         pairer.release(now, &mut observations);
         if observations.is_empty() && decode_errors == 0 {
             continue;

@@ -4,9 +4,10 @@
 //!
 //! The order is not fixed: for an active reset (close with SO_LINGER 0, a killed process) the
 //! receiver's tracepoint runs in a softirq nested in the sender's transmit path, so the received
-//! event comes first; for a passive one (a closed port, time-wait) the sent one does. So every
-//! reset waits, at most `HOLD_NS` after it happened and behind at most `MAX_HELD` others, for its
-//! partner; output keeps the input order. Counters come from the kernel maps and are untouched:
+//! event comes first; for a passive one (a closed port, time-wait) the sent one does, and the ring
+//! buffer may be drained between the two. So every reset waits, at most `HOLD_NS` after the daemon
+//! read it (one drain tick more) and behind at most `MAX_HELD` others, for its partner; output
+//! keeps the input order. Counters come from the kernel maps and are untouched:
 //! pairing only adds fields to events.
 
 use std::{
@@ -41,8 +42,9 @@ impl PeerEnd {
     }
 }
 
-/// Both events of one local reset are written within one softirq: well under a millisecond apart.
-/// The wait bounds how late an unpaired event (a remote peer) is passed on.
+/// Both events of one local reset are written within one softirq, well under a millisecond apart,
+/// so the partner is in the same drain of the ring buffer or the next one. The wait bounds how late
+/// an unpaired event (a remote peer) is passed on.
 pub const HOLD_NS: u64 = 20_000_000;
 /// Partners further apart than this are two different resets of a reused 4-tuple.
 const PAIR_WINDOW_NS: u64 = 5_000_000;
@@ -69,8 +71,8 @@ fn flow(local: SocketAddr, remote: SocketAddr) -> Flow {
 
 struct Held {
     observation: Observation,
-    /// When it happened.
-    ts: u64,
+    /// When the daemon read it (CLOCK_MONOTONIC).
+    arrived: u64,
     /// Nothing to wait for (paired, or not a reset): it goes out once everything before it has.
     paired: bool,
 }
@@ -95,8 +97,9 @@ impl Pairer {
         Pairer { held: VecDeque::new(), first_seq: 0, waiting: HashMap::new(), recent: VecDeque::new() }
     }
 
-    /// Take one observation in; what is ready is appended to `out` (see `release`).
-    pub fn push(&mut self, observation: Observation, now_ns: u64, out: &mut Vec<Observation>) {
+    /// Take one observation in, read at `now_ns`. Push a whole drain of the ring buffer before
+    /// calling `release`, so that partners in one drain always meet.
+    pub fn push(&mut self, observation: Observation, now_ns: u64) {
         let held = match observation {
             Observation::Reset(mut reset) => {
                 let paired = self.pair(&mut reset);
@@ -104,21 +107,18 @@ impl Pairer {
                     let seq = self.first_seq + self.held.len() as u64;
                     self.waiting.insert((reset.direction, flow(reset.local, reset.remote)), seq);
                 }
-                Held { ts: reset.monotonic_ns, paired, observation: Observation::Reset(reset) }
+                Held { arrived: now_ns, paired, observation: Observation::Reset(reset) }
             }
-            Observation::SocketError(error) => {
-                Held { ts: error.monotonic_ns, paired: true, observation: Observation::SocketError(error) }
-            }
+            other => Held { arrived: now_ns, paired: true, observation: other },
         };
         self.held.push_back(held);
-        self.release(now_ns, out);
     }
 
     /// Pass on, in order, everything at the front that is paired, is not a reset, or has waited
-    /// `HOLD_NS` since it happened (or is pushed out by `MAX_HELD`).
+    /// `HOLD_NS` since it was read (or is pushed out by `MAX_HELD`).
     pub fn release(&mut self, now_ns: u64, out: &mut Vec<Observation>) {
         while let Some(front) = self.held.front() {
-            let expired = now_ns.saturating_sub(front.ts) >= HOLD_NS;
+            let expired = now_ns.saturating_sub(front.arrived) >= HOLD_NS;
             if !(front.paired || expired || self.held.len() > MAX_HELD) {
                 break;
             }

@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use rstwatch_tests::{NetNs, daemon, scenarios, scrape, sock::*};
+use rstwatch_tests::{NetNs, daemon, scenarios, scrape, sock::*, trace_json::TraceJson};
 
 /// Ports 21960–21969 belong to these tests.
 const OWNER_PORT: u16 = 21960;
@@ -272,53 +272,4 @@ fn a_firewall_reject_is_injected_not_sent() -> Result<()> {
         "the kernel's own count agrees: TCP sent no reset"
     );
     Ok(())
-}
-
-/// `rstwatch trace --output json` around a piece of a test.
-struct TraceJson {
-    child: std::process::Child,
-}
-
-impl TraceJson {
-    fn start(args: &[&str]) -> Result<TraceJson> {
-        use std::io::BufRead;
-        use std::os::unix::process::CommandExt;
-        let mut command = std::process::Command::new(rstwatch_tests::daemon::binary_path());
-        command
-            .args(["trace", "--output", "json"])
-            .args(args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        // SAFETY: prctl is async-signal-safe.
-        unsafe {
-            command.pre_exec(
-                || match libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) {
-                    0 => Ok(()),
-                    _ => Err(std::io::Error::last_os_error()),
-                },
-            );
-        }
-        let mut child = command.spawn()?;
-        let mut line = String::new();
-        std::io::BufReader::new(child.stderr.take().expect("piped")).read_line(&mut line)?;
-        if !line.contains("tracing") {
-            bail!("trace did not start: {line}");
-        }
-        Ok(TraceJson { child })
-    }
-
-    fn stop(mut self) -> Result<Vec<serde_json::Value>> {
-        std::thread::sleep(Duration::from_millis(300));
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let mut out = String::new();
-        self.child
-            .stdout
-            .take()
-            .expect("piped")
-            .read_to_string(&mut out)?;
-        self.child.wait()?;
-        out.lines()
-            .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l}")))
-            .collect()
-    }
 }

@@ -60,9 +60,12 @@ fn an_active_reset_pairs_received_first_and_both_learn_the_other_end() {
     // A JVM's dual-stack socket names IPv4 addresses v4-mapped.
     let rx = reset(Direction::Received, Cause::PeerReset, "[::ffff:127.0.0.1]:40000", "[::ffff:127.0.0.1]:8080", 1_000, Some(owner("java", 7)));
     let tx = reset(Direction::Sent, Cause::LingerZeroClose, "127.0.0.1:8080", "127.0.0.1:40000", 1_010, Some(owner("nginx", 812)));
-    pairer.push(Observation::Reset(rx), 1_000, &mut out);
+    pairer.push(Observation::Reset(rx), 1_000);
+    pairer.release(1_000, &mut out);
     assert!(out.is_empty(), "the received reset waits for its partner");
-    pairer.push(Observation::Reset(tx), 1_020, &mut out);
+    // The next drain of the ring buffer has the sent one.
+    pairer.push(Observation::Reset(tx), 25 * MS);
+    pairer.release(25 * MS, &mut out);
     let got = resets(&out);
     assert_eq!(got.len(), 2);
     assert_eq!(got[0].direction, Direction::Received, "input order is kept");
@@ -80,8 +83,9 @@ fn a_passive_reset_pairs_sent_first() {
     let mut out = Vec::new();
     let tx = reset(Direction::Sent, Cause::NoListener, "127.0.0.1:8080", "127.0.0.1:40001", 5 * MS, None);
     let rx = reset(Direction::Received, Cause::ConnectionRefused, "127.0.0.1:40001", "127.0.0.1:8080", 5 * MS + 3, Some(owner("curl", 9)));
-    pairer.push(Observation::Reset(tx), 5 * MS, &mut out);
-    pairer.push(Observation::Reset(rx), 5 * MS + 4, &mut out);
+    pairer.push(Observation::Reset(tx), 6 * MS);
+    pairer.push(Observation::Reset(rx), 6 * MS);
+    pairer.release(6 * MS, &mut out);
     let got = resets(&out);
     assert_eq!(got.len(), 2);
     let peer = got[1].peer.as_ref().expect("paired");
@@ -93,9 +97,10 @@ fn a_remote_peer_waits_at_most_the_hold_and_a_late_partner_still_learns() {
     let mut pairer = Pairer::new();
     let mut out = Vec::new();
     let rx = reset(Direction::Received, Cause::PeerReset, "10.0.0.1:40000", "10.0.0.2:443", MS, Some(owner("java", 7)));
-    pairer.push(Observation::Reset(rx), MS, &mut out);
+    pairer.push(Observation::Reset(rx), MS);
     let error = SocketError { errno: 104, service_port: 443, owner: None, monotonic_ns: MS + 1, reset: None };
-    pairer.push(Observation::SocketError(error), MS + 1, &mut out);
+    pairer.push(Observation::SocketError(error), MS);
+    pairer.release(MS, &mut out);
     assert!(out.is_empty(), "the error stays behind its reset");
     pairer.release(MS + HOLD_NS - 1, &mut out);
     assert!(out.is_empty());
@@ -107,7 +112,8 @@ fn a_remote_peer_waits_at_most_the_hold_and_a_late_partner_still_learns() {
     // it): it still learns who got it, and does not wait.
     out.clear();
     let tx = reset(Direction::Sent, Cause::DataAfterClose, "10.0.0.2:443", "10.0.0.1:40000", MS + 2 * MS, None);
-    pairer.push(Observation::Reset(tx), MS + HOLD_NS, &mut out);
+    pairer.push(Observation::Reset(tx), MS + HOLD_NS);
+    pairer.release(MS + HOLD_NS, &mut out);
     assert_eq!(resets(&out)[0].peer.as_ref().map(|p| p.cause), Some(Cause::PeerReset));
 }
 
@@ -117,8 +123,8 @@ fn a_reused_four_tuple_far_apart_is_not_a_pair_and_a_storm_is_bounded() {
     let mut out = Vec::new();
     let rx = reset(Direction::Received, Cause::PeerReset, "127.0.0.1:40000", "127.0.0.1:8080", MS, None);
     let tx = reset(Direction::Sent, Cause::LingerZeroClose, "127.0.0.1:8080", "127.0.0.1:40000", MS + PAIR_WINDOW_NS + 1, None);
-    pairer.push(Observation::Reset(rx), MS, &mut out);
-    pairer.push(Observation::Reset(tx), MS + PAIR_WINDOW_NS + 1, &mut out);
+    pairer.push(Observation::Reset(rx), MS);
+    pairer.push(Observation::Reset(tx), MS);
     pairer.release(u64::MAX / 2, &mut out);
     assert!(resets(&out).iter().all(|r| r.peer.is_none()));
 
@@ -126,7 +132,8 @@ fn a_reused_four_tuple_far_apart_is_not_a_pair_and_a_storm_is_bounded() {
     for i in 0..(MAX_HELD as u64 + 10) {
         let local = format!("127.0.0.1:{}", 1000 + i % 50_000);
         let rx = reset(Direction::Received, Cause::PeerReset, &local, "10.9.9.9:80", 10 * MS, None);
-        pairer.push(Observation::Reset(rx), 10 * MS, &mut out);
+        pairer.push(Observation::Reset(rx), 10 * MS);
     }
+    pairer.release(10 * MS, &mut out);
     assert_eq!(out.len(), 10, "never more than MAX_HELD wait");
 }
