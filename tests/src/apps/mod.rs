@@ -18,19 +18,13 @@ use serde_json::Value;
 
 use crate::{NetNs, Snapshot, daemon, trace_json::TraceJson};
 
-/// What the suite runs, by a file it installs, and the Debian package that has it.
-pub const PACKAGES: &[(&str, &str)] = &[
-    ("/usr/bin/javac", "openjdk-17-jdk-headless"),
-    ("/usr/share/java/httpclient.jar", "libhttpclient-java"),
-    ("/usr/share/java/httpcore.jar", "libhttpcore-java"),
-    ("/usr/share/java/commons-logging.jar", "libcommons-logging-java"),
-    ("/usr/sbin/nginx", "nginx"),
-    ("/usr/bin/redis-server", "redis-server"),
-    ("/usr/bin/redis-cli", "redis-tools"),
-    ("/usr/sbin/haproxy", "haproxy"),
-    ("/usr/bin/curl", "curl"),
-    ("/usr/bin/python3", "python3"),
-];
+/// What the suite runs: `(a file the package installs, the Debian package)`.
+pub fn packages() -> impl Iterator<Item = (&'static str, &'static str)> {
+    include_str!("packages.txt")
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .filter_map(|line| line.split_once(' '))
+}
 
 const CLASSPATH_JARS: &[&str] =
     &["/usr/share/java/httpclient.jar", "/usr/share/java/httpcore.jar", "/usr/share/java/commons-logging.jar"];
@@ -44,7 +38,7 @@ pub fn ensure_installed() -> Result<()> {
     static DONE: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     DONE.get_or_init(|| {
         let missing: Vec<&str> =
-            PACKAGES.iter().filter(|(path, _)| !Path::new(path).exists()).map(|(_, package)| *package).collect();
+            packages().filter(|(path, _)| !Path::new(path).exists()).map(|(_, package)| package).collect();
         if missing.is_empty() {
             return Ok(());
         }
