@@ -144,7 +144,7 @@ impl Pairer {
     fn pair(&mut self, reset: &mut Reset) -> bool {
         let partner_key = (opposite(reset.direction), flow(reset.remote, reset.local));
         if let Some(&seq) = self.waiting.get(&partner_key) {
-            let index = (seq - self.first_seq) as usize;
+            let index = seq.saturating_sub(self.first_seq) as usize;
             if let Some(Held { observation: Observation::Reset(partner), paired, .. }) = self.held.get_mut(index)
                 && partner.monotonic_ns.abs_diff(reset.monotonic_ns) <= PAIR_WINDOW_NS
             {
