@@ -215,8 +215,8 @@ impl AppTest {
         Ok(AppTest { ns, dir, port, before, trace: Some(trace) })
     }
 
-    pub fn start(&self, name: &str, program: &str, args: &[&str]) -> Result<App> {
-        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    pub fn start(&self, name: &str, program: &str, args: &[impl AsRef<str>]) -> Result<App> {
+        let args: Vec<String> = args.iter().map(|a| a.as_ref().to_string()).collect();
         App::start(&self.ns, &self.dir, name, program, &args)
     }
 
@@ -239,7 +239,8 @@ impl AppTest {
     }
 
     /// Check the counters on the test's port: exactly `resets` (and nothing else), and at least
-    /// the `errors`; then stop the trace and return its events, printed into the test log.
+    /// the `errors`; then stop the trace, print its events into the test log, check that each
+    /// received reset's event names the sent one (both ends are on this host), and return them.
     pub fn expect(&mut self, resets: &[Reset], errors: &[AppError]) -> Result<Vec<Value>> {
         let port = self.port.to_string();
         let delta = |after: &Snapshot, metric: &str, filter: &[(&str, &str)]| {
@@ -281,6 +282,20 @@ impl AppTest {
         for direction in ["sent", "received"] {
             let got = total(&after, direction);
             ensure!(got == wanted(direction), "{direction} resets on port {port}: {got}, expected {}", wanted(direction));
+        }
+        if let (Some(sent), Some(received)) =
+            (resets.iter().find(|r| r.0 == "sent"), resets.iter().find(|r| r.0 == "received"))
+        {
+            let rx = event(&events, "received")?;
+            ensure!(
+                (rx["cause"] == received.1, rx["comm"] == received.2, rx["peer_cause"] == sent.1, rx["peer_comm"] == sent.2)
+                    == (true, true, true, true),
+                "the received event must be {} of {} and name {} of {}: {rx}",
+                received.1,
+                received.2,
+                sent.1,
+                sent.2
+            );
         }
         Ok(events)
     }
