@@ -225,7 +225,7 @@ pub const CAUSES: &[CauseInfo] = &[
         cause: Cause::ResetBeforeResponse,
         label: "reset_before_response",
         directions: RECEIVED,
-        meaning: "The peer acknowledged this side's request, then reset before sending any reply byte: the server crashed, was killed (kill -9, OOM), or gave up on the request (a proxy's or server's request timeout with an abortive close).",
+        meaning: "The peer acknowledged what this side sent (a request), then reset before sending a single byte back: the server crashed, was killed (kill -9, OOM), or gave up on the request (a proxy's or server's request timeout with an abortive close).",
         remedy: "Look at the server at that time: restarts, OOM kills, crash logs, request or body timeouts (nginx reset_timedout_connection, proxy timeouts); retry only idempotent requests.",
         app_error: "This app, while sending or awaiting the response: Java \"java.net.SocketException: Connection reset\" (or \"Broken pipe\" mid-upload); Go \"read: connection reset by peer\"; Python ConnectionResetError [Errno 104]",
         typical_state: "established",
