@@ -11,7 +11,7 @@
 //!   is gone; after `kill -9` too (the kernel frees them with the last file descriptor: rstwatch
 //!   pins nothing). Objects are identified by the ids in the daemon's `/proc/PID/fdinfo` and checked
 //!   by id with the bpf syscall; `bpftool prog|link show` counts are printed alongside.
-//! - Cardinality flood: refused connects to 20,000 distinct ports and from 300 distinct thread names,
+//! - Cardinality flood: refused connects to 20,000 distinct ports and from 300 distinct process names,
 //!   in a network namespace of its own; the `port` and `comm` labels stay within the caps, the rest
 //!   is counted in `rstwatch_label_overflow_total` (or `count_map_full`), and the count maps' fill
 //!   is exported.
