@@ -102,8 +102,9 @@ pub fn java_client(args: &[&str]) -> Result<Vec<String>> {
     Ok(all)
 }
 
-/// One application process inside a namespace; its output goes to `<dir>/<name>.log`. Killed
-/// when dropped, and by the kernel when the test's thread ends (PR_SET_PDEATHSIG).
+/// One application process inside a namespace; its output goes to `<dir>/<name>.log`. Stopped
+/// when dropped, and killed by the kernel when the test's thread ends (PR_SET_PDEATHSIG; a
+/// killed test process can leave nginx's workers behind, which only a graceful stop takes along).
 pub struct App {
     pub name: String,
     child: Child,
@@ -180,7 +181,16 @@ impl App {
 }
 
 impl Drop for App {
+    /// SIGTERM first, so that a master process (nginx) stops its workers, which would otherwise
+    /// outlive it; SIGKILL if it has not exited within a few seconds.
     fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
