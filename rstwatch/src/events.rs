@@ -20,6 +20,7 @@ use crate::{
     causes::{Cause, Direction},
     classify::{classify, state_label},
     counts::Classifier,
+    pairing::{PeerEnd, Pairer},
 };
 
 /// One reset, as the daemon reports it.
@@ -54,20 +55,31 @@ pub struct Reset {
     pub trigger: Option<(u8, u32)>,
     pub monotonic_ns: u64,
     pub skaddr: u64,
+    /// The other end, when it is a socket on this host and its reset was seen too.
+    pub peer: Option<PeerEnd>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Process {
     pub pid: u32,
     pub tid: u32,
+    /// The process's name (its thread-group leader's), as in the `comm` label.
     pub comm: String,
+    /// The name of the thread that acted (JVM and Tomcat pools name theirs); empty if unknown.
+    pub thread: String,
     /// cgroup v2 id; 0 when not known (the context task's is not recorded).
     pub cgroup_id: u64,
 }
 
 impl Process {
     fn from_owner(owner: &Owner) -> Process {
-        Process { pid: owner.tgid, tid: owner.pid, comm: comm_text(&owner.comm), cgroup_id: owner.cgroup_id }
+        Process {
+            pid: owner.tgid,
+            tid: owner.pid,
+            comm: comm_text(&owner.comm),
+            thread: comm_text(&owner.thread_comm),
+            cgroup_id: owner.cgroup_id,
+        }
     }
 
     /// For the `comm` metric label: `none` without a socket, `unknown` with an unknown owner.
@@ -168,7 +180,14 @@ impl Decoder {
             workload: (ev.key.facts & fact::OWNER_KNOWN != 0)
                 .then(|| self.attribution.as_ref()?.describe(ev.owner.cgroup_id))
                 .flatten(),
-            context: Process { pid: ev.tgid, tid: ev.pid, comm: comm_text(&ev.comm), cgroup_id: 0 },
+            // The running task's own comm: for the context, the thread is what is known.
+            context: Process {
+                pid: ev.tgid,
+                tid: ev.pid,
+                comm: comm_text(&ev.comm),
+                thread: comm_text(&ev.comm),
+                cgroup_id: 0,
+            },
             age: (ev.flags & event_flag::BIRTH_KNOWN != 0)
                 .then(|| Duration::from_nanos(ev.ts_ns.saturating_sub(ev.birth_ns))),
             idle: jiffies(last_receive),
@@ -182,6 +201,7 @@ impl Decoder {
             trigger: (ev.key.facts & fact::TRIGGER != 0).then_some((ev.trigger_flags, ev.trigger_payload)),
             monotonic_ns: ev.ts_ns,
             skaddr: ev.skaddr,
+            peer: None,
         }
     }
 }
@@ -320,6 +340,7 @@ pub async fn read_events(
         .map_err(|err| anyhow::anyhow!("polling the event ring buffer: {err}"))?;
     let mut filter = FalseReceiveFilter::new();
     let mut linker = Linker::new();
+    let mut pairer = Pairer::new();
     let mut tick = tokio::time::interval(Duration::from_millis(25));
     let mut ready = Vec::new();
     loop {
@@ -338,20 +359,24 @@ pub async fn read_events(
                 filter.release_older_than(monotonic_ns(), &mut ready);
             }
         }
-        if ready.is_empty() && decode_errors == 0 {
-            continue;
-        }
-        let observations = ready
-            .drain(..)
-            .map(|record| match record {
+        let now = monotonic_ns();
+        let mut observations = Vec::new();
+        for record in ready.drain(..) {
+            let observation = match record {
                 Record::Reset(ev) => {
                     let reset = decoder.decode(&ev);
                     linker.remember(&reset);
                     Observation::Reset(reset)
                 }
                 Record::SocketError(ev) => Observation::SocketError(decoder.decode_error(&ev, &linker)),
-            })
-            .collect();
+            };
+            pairer.push(observation, now);
+        }
+        // Paired resets go out now, unpaired ones once their wait is over (on a later tick).
+        pairer.release(now, &mut observations);
+        if observations.is_empty() && decode_errors == 0 {
+            continue;
+        }
         sink(observations, decode_errors)?;
     }
 }
@@ -388,56 +413,4 @@ pub fn from_bytes(bytes: &[u8]) -> Option<Record> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn event(ts_ns: u64, skaddr: u64, flags: u32) -> ResetEvent {
-        let mut ev: ResetEvent = unsafe { std::mem::zeroed() };
-        ev.ts_ns = ts_ns;
-        ev.skaddr = skaddr;
-        ev.flags = flags;
-        ev
-    }
-
-    #[test]
-    fn a_false_receive_is_dropped_and_a_real_one_released_after_the_hold() {
-        let stamps = |out: &Vec<Record>| {
-            out.iter()
-                .map(|r| match r {
-                    Record::Reset(e) => e.ts_ns,
-                    Record::SocketError(e) => e.ts_ns,
-                })
-                .collect::<Vec<_>>()
-        };
-        let mut filter = FalseReceiveFilter::new();
-        let mut out = Vec::new();
-        filter.push(Record::Reset(event(1_000, 0xa, event_flag::RECEIVE_WHILE_CLOSING)), &mut out);
-        filter.push(Record::Reset(event(2_000, 0xa, event_flag::UNDID_FALSE_RECEIVE)), &mut out);
-        assert_eq!(stamps(&out), vec![2_000]);
-
-        out.clear();
-        filter.push(Record::Reset(event(3_000, 0xb, event_flag::RECEIVE_WHILE_CLOSING)), &mut out);
-        filter.push(Record::Reset(event(4_000, 0xc, 0)), &mut out);
-        assert_eq!(stamps(&out), vec![4_000]);
-        filter.release_older_than(3_000 + HOLD_NS, &mut out);
-        assert_eq!(stamps(&out), vec![4_000, 3_000]);
-    }
-
-    #[test]
-    fn records_decode_by_kind_and_reject_strangers() {
-        let mut ev = event(5, 0xd, 0);
-        ev.kind = EVENT_RESET;
-        let bytes = unsafe {
-            std::slice::from_raw_parts((&ev as *const ResetEvent).cast::<u8>(), size_of::<ResetEvent>())
-        };
-        assert!(matches!(from_bytes(bytes), Some(Record::Reset(e)) if e.skaddr == 0xd));
-        assert!(from_bytes(&bytes[..16]).is_none(), "a short record is not read past its end");
-        assert!(from_bytes(&[9, 0, 0, 0, 0, 0, 0, 0]).is_none(), "unknown kind");
-    }
-
-    #[test]
-    fn jiffies_convert_at_the_kernel_hz_and_never_go_negative() {
-        assert_eq!(jiffies_to_duration(250, 250), Duration::from_secs(1));
-        assert_eq!(jiffies_to_duration(u32::MAX, 250), Duration::ZERO);
-    }
-}
+mod tests;

@@ -15,6 +15,7 @@ use crate::{
     causes::CAUSES,
     counts::Classifier,
     events::{self, Decoder, FalseReceiveFilter, Linker, Observation, Record},
+    pairing::{self, Pairer},
     kernel::{self, tracefs},
     output::{self, RateLimiter, WallClock},
 };
@@ -295,7 +296,7 @@ proptest! {
         check_observation(&Observation::SocketError(error), &WallClock::now(), &mut RateLimiter::new(1));
     }
 
-    /// The reader's whole path for a burst of arbitrary records: filter, decode, link, write.
+    /// The reader's whole path for a burst of arbitrary records: filter, decode, link, pair, write.
     #[test]
     fn a_stream_of_arbitrary_records_goes_through_the_reader_path(
         records in prop::collection::vec(
@@ -318,6 +319,10 @@ proptest! {
             }
         }
         filter.release_older_than(now_ns, &mut ready);
+        let mut pairer = Pairer::new();
+        let decoded = ready.len();
+        // Any read time that has a HOLD_NS after it.
+        let read_ns = now_ns / 2;
         for record in ready.drain(..) {
             let observation = match record {
                 Record::Reset(ev) => {
@@ -327,7 +332,14 @@ proptest! {
                 }
                 Record::SocketError(ev) => Observation::SocketError(decoder.decode_error(&ev, &linker)),
             };
-            check_observation(&observation, &clock, &mut limiter);
+            pairer.push(observation, read_ns);
+        }
+        let mut out = Vec::new();
+        pairer.release(read_ns, &mut out);
+        pairer.release(read_ns + pairing::HOLD_NS, &mut out);
+        prop_assert_eq!(out.len(), decoded, "pairing neither drops nor duplicates");
+        for observation in &out {
+            check_observation(observation, &clock, &mut limiter);
         }
     }
 }

@@ -11,6 +11,7 @@ mod http;
 mod kernel;
 mod metrics;
 mod output;
+mod pairing;
 mod probes;
 mod prog_stats;
 mod session;

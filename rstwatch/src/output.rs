@@ -47,10 +47,12 @@ pub struct JsonEvent<'a> {
     pub remote_addr: String,
     pub remote_port: u16,
     pub service_port: u16,
-    /// The socket's owner; null when not known.
+    /// The socket's owner; null when not known. `comm` names the process, `thread` the thread
+    /// (`tid`) that connected or listened.
     pub pid: Option<u32>,
     pub tid: Option<u32>,
     pub comm: Option<&'a str>,
+    pub thread: Option<&'a str>,
     pub cgroup_id: Option<u64>,
     /// The owner's container (64-hex id) and Kubernetes pod UID, from its cgroup; null outside.
     pub container_id: Option<&'a str>,
@@ -73,12 +75,19 @@ pub struct JsonEvent<'a> {
     pub unsent_bytes: u32,
     pub trigger_flags: Option<String>,
     pub trigger_payload_bytes: Option<u32>,
+    /// The other end of the connection, when it is on this host and its reset was seen: its cause,
+    /// kernel reason and owner. Counted causes stay this end's own.
+    pub peer_cause: Option<&'static str>,
+    pub peer_kernel_reason: Option<&'a str>,
+    pub peer_pid: Option<u32>,
+    pub peer_comm: Option<&'a str>,
 }
 
 impl<'a> JsonEvent<'a> {
     pub fn new(reset: &'a Reset, clock: &WallClock) -> JsonEvent<'a> {
         let container = reset.workload.as_ref().and_then(|w| w.container.as_ref());
         let pod = reset.workload.as_ref().and_then(|w| w.pod.as_ref());
+        let peer_owner = reset.peer.as_ref().and_then(|p| p.owner.as_ref());
         JsonEvent {
             event: "reset",
             time: humantime::format_rfc3339_micros(clock.wall(reset.monotonic_ns)).to_string(),
@@ -94,6 +103,7 @@ impl<'a> JsonEvent<'a> {
             pid: reset.owner.as_ref().map(|o| o.pid),
             tid: reset.owner.as_ref().map(|o| o.tid),
             comm: reset.owner.as_ref().map(|o| o.comm.as_str()),
+            thread: reset.owner.as_ref().map(|o| o.thread.as_str()),
             cgroup_id: reset.owner.as_ref().map(|o| o.cgroup_id),
             container_id: container.map(|c| c.container_id.as_str()),
             pod_uid: container.and_then(|c| c.pod_uid.as_deref()),
@@ -113,6 +123,10 @@ impl<'a> JsonEvent<'a> {
             unsent_bytes: reset.unsent_bytes,
             trigger_flags: reset.trigger.map(|(flags, _)| tcp_flags(flags)),
             trigger_payload_bytes: reset.trigger.map(|(_, payload)| payload),
+            peer_cause: reset.peer.as_ref().map(|p| p.cause.label()),
+            peer_kernel_reason: reset.peer.as_ref().and_then(|p| p.reason.as_deref()),
+            peer_pid: peer_owner.map(|o| o.pid),
+            peer_comm: peer_owner.map(|o| o.comm.as_str()),
         }
     }
 }
@@ -128,6 +142,7 @@ pub struct JsonSocketError<'a> {
     pub pid: Option<u32>,
     pub tid: Option<u32>,
     pub comm: Option<&'a str>,
+    pub thread: Option<&'a str>,
     pub cgroup_id: Option<u64>,
     /// The reset that caused it (same socket, just before), when seen.
     pub reset_direction: Option<&'static str>,
@@ -147,6 +162,7 @@ pub fn json_line(observation: &Observation, clock: &WallClock) -> String {
             pid: error.owner.as_ref().map(|o| o.pid),
             tid: error.owner.as_ref().map(|o| o.tid),
             comm: error.owner.as_ref().map(|o| o.comm.as_str()),
+            thread: error.owner.as_ref().map(|o| o.thread.as_str()),
             cgroup_id: error.owner.as_ref().map(|o| o.cgroup_id),
             reset_direction: error.reset.map(|(direction, ..)| direction.label()),
             reset_cause: error.reset.map(|(_, cause, _)| cause.label()),
@@ -203,7 +219,7 @@ fn human_reset(reset: &Reset, clock: &WallClock) -> String {
                 (None, Some(container)) => format!(" container={}", &container.container_id[..12.min(container.container_id.len())]),
                 _ => String::new(),
             });
-            format!("{}[{}]{place}", owner.comm, owner.pid)
+            format!("{}{place}", process_name(owner))
         }
         None if reset.skaddr == 0 => "no-socket".to_string(),
         None => format!("unknown(in {}[{}])", reset.context.comm, reset.context.pid),
@@ -229,7 +245,26 @@ fn human_reset(reset: &Reset, clock: &WallClock) -> String {
     part("unsent", (reset.unsent_bytes > 0).then(|| format!("{}B", reset.unsent_bytes)));
     part("trigger", reset.trigger.map(|(flags, payload)| format!("{}+{payload}B", tcp_flags(flags))));
     part("reason", reset.reason.clone());
+    if let Some(peer) = &reset.peer {
+        let who = match (&peer.owner, peer.has_socket) {
+            (Some(owner), _) => process_name(owner),
+            (None, true) => "unknown".to_string(),
+            (None, false) => "no-socket".to_string(),
+        };
+        // The arrow points the way the reset went: from its sender to us, or from us to the other end.
+        let arrow = if reset.direction == crate::causes::Direction::Received { "←" } else { "→" };
+        line.push_str(&format!("  {arrow} {who} {}", peer.cause));
+    }
     line
+}
+
+/// `java[4711]`, and the thread when it has a name of its own: `java[4711] thread=order-service-w/4730`.
+fn process_name(process: &crate::events::Process) -> String {
+    if process.thread.is_empty() || process.thread == process.comm {
+        format!("{}[{}]", process.comm, process.pid)
+    } else {
+        format!("{}[{}] thread={}/{}", process.comm, process.pid, process.thread, process.tid)
+    }
 }
 
 fn seconds(duration: Duration) -> String {

@@ -10,15 +10,20 @@
 //! - [`metrics`]: Prometheus text parser, `resets(direction, cause, port)`.
 //! - [`scenarios`]: the reset scenarios (also runnable one by one with the `scenario` binary).
 //! - [`check`]: scenario + daemon + exact delta comparison.
+//! - [`apps`]: real applications (nginx, redis, haproxy, a JVM on Apache HttpClient, curl) run in a
+//!   namespace of their own, for `tests/apps.rs`.
+//! - [`trace_json`]: `rstwatch trace --output json` around a piece of a test.
 //!
 //! Everything here needs root (netns, TCP_REPAIR, BPF).
 
+pub mod apps;
 pub mod check;
 pub mod daemon;
 pub mod metrics;
 pub mod netns;
 pub mod scenarios;
 pub mod sock;
+pub mod trace_json;
 
 pub use daemon::{Daemon, daemon, resets, scrape};
 pub use metrics::{Dir, Snapshot};

@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use rstwatch_tests::{NetNs, daemon, scenarios, scrape, sock::*};
+use rstwatch_tests::{NetNs, daemon, scenarios, scrape, sock::*, trace_json::TraceJson};
 
 /// Ports 21960–21969 belong to these tests.
 const OWNER_PORT: u16 = 21960;
@@ -51,11 +51,21 @@ fn named<R: Send>(name: &str, f: impl FnOnce() -> R + Send) -> R {
     })
 }
 
+/// The test process's name (its main thread's comm), which the `comm` label must carry whichever
+/// of its threads connected or listened.
+fn process_comm() -> String {
+    std::fs::read_to_string(format!("/proc/{}/comm", std::process::id()))
+        .map(|comm| comm.trim().to_string())
+        .expect("/proc/PID/comm")
+}
+
 #[test]
 fn the_owner_is_named_not_the_task_that_ran_the_softirq() -> Result<()> {
     daemon();
     let ns = NetNs::new()?;
     let port = OWNER_PORT.to_string();
+    let process = process_comm();
+    let trace = TraceJson::start(&["--port", &port])?;
     ns.run(|| -> Result<()> {
         let listener = named("rstw-listener", || listen(false, OWNER_PORT, 8))?;
         let mut client = named("rstw-client", || connect(false, OWNER_PORT))?;
@@ -84,33 +94,50 @@ fn the_owner_is_named_not_the_task_that_ran_the_softirq() -> Result<()> {
         ("cause", "peer_reset"),
         ("port", port.as_str()),
     ];
-    let by_client = settle(1.0, || {
-        series(&[received.as_slice(), &[("comm", "rstw-client")]].concat())
+    let by_process = settle(1.0, || {
+        series(&[received.as_slice(), &[("comm", process.as_str())]].concat())
     })?;
-    assert_eq!(by_client, 1.0, "the received reset is the client's");
-    assert_eq!(
-        series(&[received.as_slice(), &[("comm", "rstw-server")]].concat())?,
-        0.0
-    );
-    // The accepted socket never ran in its owner's context: it belongs to the listener's owner.
+    assert_eq!(by_process, 1.0, "the label names the process, whichever thread connected");
+    for thread in ["rstw-client", "rstw-server"] {
+        assert_eq!(series(&[received.as_slice(), &[("comm", thread)]].concat())?, 0.0);
+    }
     let sent = [
         ("direction", "sent"),
         ("cause", "linger_zero_close"),
         ("port", port.as_str()),
     ];
     assert_eq!(
-        series(&[sent.as_slice(), &[("comm", "rstw-listener")]].concat())?,
+        series(&[sent.as_slice(), &[("comm", process.as_str())]].concat())?,
         1.0
     );
     assert_eq!(
         settle(1.0, || errors(&[
             ("errno", "ECONNRESET"),
-            ("comm", "rstw-client"),
+            ("comm", process.as_str()),
             ("port", &port)
         ]))?,
         1.0,
         "the client's read got ECONNRESET"
     );
+
+    // The events name the threads: the client's received reset belongs to the thread that
+    // connected, though it ran in the server thread's close(); the accepted socket belongs to the
+    // thread that listened. Both ends are on this host, so each names the other.
+    let lines = trace.stop()?;
+    let reset = |direction: &str| {
+        lines
+            .iter()
+            .find(|l| l["event"] == "reset" && l["direction"] == direction)
+            .with_context(|| format!("no {direction} reset in {lines:#?}"))
+    };
+    let rx = reset("received")?;
+    assert_eq!((rx["comm"].as_str(), rx["thread"].as_str()), (Some(process.as_str()), Some("rstw-client")), "{rx}");
+    assert_eq!(rx["context_comm"], "rstw-server", "{rx}");
+    assert_eq!(rx["peer_cause"], "linger_zero_close", "{rx}");
+    assert_eq!(rx["peer_comm"].as_str(), Some(process.as_str()), "{rx}");
+    let tx = reset("sent")?;
+    assert_eq!(tx["thread"], "rstw-listener", "{tx}");
+    assert_eq!(tx["peer_cause"], "peer_reset", "{tx}");
     Ok(())
 }
 
@@ -124,14 +151,15 @@ fn application_errors_are_counted_with_their_process_and_linked_to_the_reset() -
     ns.run(|| named("rstw-stale", || scenarios::stale_keepalive(ERRORS_PORT)))??;
     ns.run(|| named("rstw-refused", || scenarios::refused(REFUSED_PORT, false)))??;
 
+    let process = process_comm();
     let epipe = settle(1.0, || {
-        errors(&[("errno", "EPIPE"), ("comm", "rstw-stale"), ("port", &port)])
+        errors(&[("errno", "EPIPE"), ("comm", &process), ("port", &port)])
     })?;
     assert_eq!(epipe, 1.0, "a reset in CLOSE_WAIT hands the app EPIPE");
     let refused = settle(1.0, || {
         errors(&[
             ("errno", "ECONNREFUSED"),
-            ("comm", "rstw-refused"),
+            ("comm", &process),
             ("port", &refused_port),
         ])
     })?;
@@ -143,7 +171,8 @@ fn application_errors_are_counted_with_their_process_and_linked_to_the_reset() -
         .find(|l| l["event"] == "socket_error")
         .with_context(|| format!("no socket_error line in {lines:#?}"))?;
     assert_eq!(error["errno"], "EPIPE");
-    assert_eq!(error["comm"], "rstw-stale");
+    assert_eq!(error["comm"].as_str(), Some(process.as_str()));
+    assert_eq!(error["thread"], "rstw-stale");
     assert_eq!(error["reset_cause"], "stale_connection");
     assert_eq!(error["reset_direction"], "received");
     let reset = lines
@@ -154,7 +183,8 @@ fn application_errors_are_counted_with_their_process_and_linked_to_the_reset() -
         error["reset_time"], reset["time"],
         "linked to that very reset"
     );
-    assert_eq!(reset["comm"], "rstw-stale");
+    assert_eq!(reset["comm"].as_str(), Some(process.as_str()));
+    assert_eq!(reset["thread"], "rstw-stale");
     assert!(reset["cgroup_id"].as_u64().unwrap() > 0, "{reset}");
     Ok(())
 }
@@ -242,53 +272,4 @@ fn a_firewall_reject_is_injected_not_sent() -> Result<()> {
         "the kernel's own count agrees: TCP sent no reset"
     );
     Ok(())
-}
-
-/// `rstwatch trace --output json` around a piece of a test.
-struct TraceJson {
-    child: std::process::Child,
-}
-
-impl TraceJson {
-    fn start(args: &[&str]) -> Result<TraceJson> {
-        use std::io::BufRead;
-        use std::os::unix::process::CommandExt;
-        let mut command = std::process::Command::new(rstwatch_tests::daemon::binary_path());
-        command
-            .args(["trace", "--output", "json"])
-            .args(args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        // SAFETY: prctl is async-signal-safe.
-        unsafe {
-            command.pre_exec(
-                || match libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) {
-                    0 => Ok(()),
-                    _ => Err(std::io::Error::last_os_error()),
-                },
-            );
-        }
-        let mut child = command.spawn()?;
-        let mut line = String::new();
-        std::io::BufReader::new(child.stderr.take().expect("piped")).read_line(&mut line)?;
-        if !line.contains("tracing") {
-            bail!("trace did not start: {line}");
-        }
-        Ok(TraceJson { child })
-    }
-
-    fn stop(mut self) -> Result<Vec<serde_json::Value>> {
-        std::thread::sleep(Duration::from_millis(300));
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let mut out = String::new();
-        self.child
-            .stdout
-            .take()
-            .expect("piped")
-            .read_to_string(&mut out)?;
-        self.child.wait()?;
-        out.lines()
-            .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l}")))
-            .collect()
-    }
 }

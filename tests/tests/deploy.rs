@@ -1307,7 +1307,7 @@ fn scrape_test() -> Result<()> {
     let mut expected: BTreeMap<(u16, String, String), f64> = BTreeMap::new();
     let mut ports = BTreeMap::new();
     for round in 1..=2 {
-        for name in ["refused_v4", "linger0", "stale_keepalive", "half_open_idle"] {
+        for name in ["refused_v4", "linger0", "stale_keepalive", "half_open_idle", "listener_closed"] {
             let scn = scenarios::find(name).with_context(|| format!("scenario {name}"))?;
             let out = scenarios::run_in(&app, &scn)?;
             eprintln!(
@@ -1462,10 +1462,11 @@ fn scrape_test() -> Result<()> {
             .collect::<Vec<_>>()
             .join("|"),
     );
-    let (refused, stale, idle) = (
+    let (refused, stale, idle, unanswered) = (
         ports["refused_v4"],
         ports["stale_keepalive"],
         ports["half_open_idle"],
+        ports["listener_closed"],
     );
     // Some value > 0 in some series (whose `port` label is `port`, if given).
     let positive_on = |data: &Json, port: Option<u16>| {
@@ -1481,8 +1482,9 @@ fn scrape_test() -> Result<()> {
                 && (r.get("values").arr().iter().any(|v| val(v) > 0.0) || val(r.get("value")) > 0.0)
         })
     };
-    let semantic: [(&str, Option<u16>); 7] = [
+    let semantic: [(&str, Option<u16>); 8] = [
         ("top service ports", Some(refused)),
+        ("reset before any response", Some(unanswered)),
         ("stale-connection resets", Some(stale)),
         ("data after close", Some(stale)),
         ("idle resets by service port", Some(idle)),

@@ -11,7 +11,7 @@
 //!   is gone; after `kill -9` too (the kernel frees them with the last file descriptor: rstwatch
 //!   pins nothing). Objects are identified by the ids in the daemon's `/proc/PID/fdinfo` and checked
 //!   by id with the bpf syscall; `bpftool prog|link show` counts are printed alongside.
-//! - Cardinality flood: refused connects to 20,000 distinct ports and from 300 distinct thread names,
+//! - Cardinality flood: refused connects to 20,000 distinct ports and from 300 distinct process names,
 //!   in a network namespace of its own; the `port` and `comm` labels stay within the caps, the rest
 //!   is counted in `rstwatch_label_overflow_total` (or `count_map_full`), and the count maps' fill
 //!   is exported.
@@ -675,7 +675,7 @@ fn flood_ports() -> impl Iterator<Item = u16> {
     (1100..21000).chain(22000..22100)
 }
 const COMM_FLOOD_PORT: u16 = 22100;
-const COMM_THREADS: usize = 300;
+const COMM_PROCESSES: usize = 300;
 
 /// The flood reaches every rstwatch on the host (the programs see all namespaces) and fills their
 /// count maps: wait (bounded) until no other automated run (a test binary or xtask under a
@@ -715,6 +715,40 @@ fn refused(port: u16) -> bool {
     )
 }
 
+/// `tries` connects to a closed `port` from a child process named `name` (fork, then PR_SET_NAME
+/// on the child's only thread, its thread-group leader); how many were refused.
+fn refused_by_process(name: &str, port: u16, tries: u8) -> usize {
+    let name = std::ffi::CString::new(name).unwrap();
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be() },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: the child makes only async-signal-safe system calls (prctl, socket, connect, close,
+    // _exit) before it exits; the parent reaps it.
+    unsafe {
+        let pid = libc::fork();
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong, 0, 0, 0);
+            let mut refused = 0;
+            for _ in 0..tries {
+                let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+                let rc = libc::connect(fd, (&addr as *const libc::sockaddr_in).cast(), size_of::<libc::sockaddr_in>() as u32);
+                if rc != 0 && *libc::__errno_location() == libc::ECONNREFUSED {
+                    refused += 1;
+                }
+                libc::close(fd);
+            }
+            libc::_exit(refused);
+        }
+        let mut status = 0;
+        assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
+        libc::WEXITSTATUS(status) as usize
+    }
+}
+
 fn label_values(snapshot: &Snapshot, metric: &str, label: &str) -> BTreeSet<String> {
     snapshot
         .samples
@@ -739,24 +773,14 @@ fn cardinality_flood_stays_within_the_caps() {
     let ns = NetNs::new().unwrap();
 
     let started = Instant::now();
-    let refused_threads = ns
+    let refused_processes = ns
         .run(|| {
-            // Threads with distinct names (the owner's comm is the connecting thread's name); first,
+            // Processes with distinct names (the `comm` label is the owner's process name), first,
             // while the count map still has room for keys with an owner.
-            let threads: Vec<_> = (0..COMM_THREADS)
-                .map(|i| {
-                    std::thread::spawn(move || {
-                        let name = std::ffi::CString::new(format!("rstflood{i:03}")).unwrap();
-                        // SAFETY: PR_SET_NAME with a NUL-terminated name of at most 16 bytes.
-                        unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong, 0, 0, 0) };
-                        (0..2).filter(|_| refused(COMM_FLOOD_PORT)).count()
-                    })
-                })
-                .collect();
-            threads.into_iter().map(|t| t.join().unwrap()).sum::<usize>()
+            (0..COMM_PROCESSES).map(|i| refused_by_process(&format!("rstflood{i:03}"), COMM_FLOOD_PORT, 2)).sum::<usize>()
         })
         .unwrap();
-    // Whether the count map still had room for the named threads' keys (a reset storm elsewhere on
+    // Whether the count map still had room for the named processes' keys (a reset storm elsewhere on
     // the host can fill it first; their resets are then counted without owner, as they should be).
     let between = daemon.scrape().unwrap();
     let room_for_comms = between.get("rstwatch_map_entries", &[("map", "counts")]) < between.get("rstwatch_map_capacity", &[("map", "counts")]);
@@ -764,8 +788,8 @@ fn cardinality_flood_stays_within_the_caps() {
     let flood_time = started.elapsed();
     let out_rsts = ns.tcp_mib("OutRsts").unwrap();
     assert_eq!(refused_ports, 20_000, "every flood port refused");
-    assert_eq!(refused_threads, 2 * COMM_THREADS, "every named thread refused twice");
-    assert_eq!(out_rsts, 20_000 + 2 * COMM_THREADS as u64, "the namespace sent one RST per connect");
+    assert_eq!(refused_processes, 2 * COMM_PROCESSES, "every named process refused twice");
+    assert_eq!(out_rsts, 20_000 + 2 * COMM_PROCESSES as u64, "the namespace sent one RST per connect");
 
     let scrape_started = Instant::now();
     let after = daemon.scrape().unwrap();
@@ -773,7 +797,7 @@ fn cardinality_flood_stays_within_the_caps() {
     let delta = |name: &str, labels: &[(&str, &str)]| after.sum(name, labels) - before.sum(name, labels);
 
     // Every reset was counted (host traffic may add more, never less).
-    let resets = 20_000.0 + 2.0 * COMM_THREADS as f64;
+    let resets = 20_000.0 + 2.0 * COMM_PROCESSES as f64;
     let sent = delta("rstwatch_resets_total", &[("direction", "sent"), ("cause", "no_listener")]);
     let received = delta("rstwatch_resets_total", &[("direction", "received"), ("cause", "connection_refused")]);
     assert!(sent >= resets && received >= resets, "counted sent {sent}, received {received}, want ≥ {resets} each");
@@ -807,11 +831,11 @@ fn cardinality_flood_stays_within_the_caps() {
         2.0 * 20_000.0 - labelled_at_most
     );
     assert!(port_overflow > 0.0, "no port overflow counted");
-    // The comm flood's received resets: at most max_comms names got a label of their own.
+    // The comm flood's received resets: at most max_comms process names got a label of their own.
     if room_for_comms {
-        assert!(comm_overflow >= 2.0 * (COMM_THREADS - max_comms) as f64, "comm overflow {comm_overflow}");
+        assert!(comm_overflow >= 2.0 * (COMM_PROCESSES - max_comms) as f64, "comm overflow {comm_overflow}");
     } else {
-        eprintln!("flood: the count map was already full before the named threads ran (other resets on the host)");
+        eprintln!("flood: the count map was already full before the named processes ran (other resets on the host)");
     }
     assert_eq!(unrecorded, 0.0, "resets not counted by cause");
 
@@ -832,12 +856,12 @@ fn cardinality_flood_stays_within_the_caps() {
     assert_eq!(http_get(daemon.addr, "/healthz").unwrap(), "ok\n");
 
     eprintln!(
-        "flood: {} refused connects in {:.2} s ({} ports, {COMM_THREADS} thread names × 2); scrape {:.0} ms\n  \
+        "flood: {} refused connects in {:.2} s ({} ports, {COMM_PROCESSES} process names × 2); scrape {:.0} ms\n  \
          rstwatch_resets_total: {total_series} series ({} before), {own_ports} port labels (cap {max_ports}), {own_comms} comm labels (cap {max_comms}); \
          rstwatch_socket_errors_total: {error_series} series\n  \
          label_overflow port +{port_overflow}, comm +{comm_overflow}; count_map_full +{map_full}\n  \
          map entries/capacity: counts {counts}/{counts_capacity}, counts_other {other}/{}, errors {errors}/{errors_capacity}, errors_other {}/{}; capacities: conn {}, closed_flows {}, listeners {}, rejected {}",
-        refused_ports + refused_threads,
+        refused_ports + refused_processes,
         flood_time.as_secs_f64(),
         refused_ports,
         scrape_time.as_secs_f64() * 1000.0,

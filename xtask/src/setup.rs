@@ -36,11 +36,25 @@ pub fn ensure_build_tools() -> anyhow::Result<()> {
     ensure_bpf_linker()
 }
 
+/// The real applications `tests/tests/apps.rs` drives (nginx, redis, haproxy, a JVM client on
+/// Debian's Apache HttpClient, curl): `<file> <package>` lines, shared with the suite.
+const APP_PACKAGES: &str = include_str!("../../tests/src/apps/packages.txt");
+
 pub fn ensure_test_tools() -> anyhow::Result<()> {
     for (tool, package) in TEST_PACKAGES {
         if !on_path(tool) {
             apt_install(&[package])?;
         }
+    }
+    let missing: Vec<&str> = APP_PACKAGES
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split_once(' '))
+        .filter(|(file, _)| !std::path::Path::new(file).exists())
+        .map(|(_, package)| package)
+        .collect();
+    if !missing.is_empty() {
+        apt_install(&missing)?;
     }
     Ok(())
 }
