@@ -80,8 +80,9 @@ pub mod extra_fact {
     /// Seen by the kprobe on tcp_v4/v6_send_reset that stands in for the tracepoint on kernels
     /// before 6.10, whose tracepoint skips resets sent without a full socket.
     pub const FROM_KPROBE: u8 = 1 << 1;
-    /// The peer acknowledged payload this side sent (`bytes_acked > 1`: the SYN counts one):
-    /// tells a reset after a request was delivered from one in the opening exchange.
+    /// The peer acknowledged payload this side sent (`bytes_acked` beyond the SYN, which a
+    /// connecting socket counts as one byte and an accepted one does not): tells a reset after a
+    /// request was delivered from one in the opening exchange.
     pub const DATA_ACKED: u8 = 1 << 2;
 }
 

@@ -133,7 +133,10 @@ pub fn connection_facts<K: Kernel>(ev: &mut ResetEvent, sk: u64) {
     if ev.bytes_received == 0 {
         ev.key.facts |= fact::NOTHING_RECEIVED;
     }
-    if ev.bytes_acked > 1 {
+    // A connecting socket counts its SYN as one acked byte; an accepted one starts at 0 (its
+    // handshake was over before it existed). Unknown origin: the stricter reading.
+    let syn_counted = (ev.flags & event_flag::ACCEPTED == 0) as u64;
+    if ev.bytes_acked > syn_counted {
         ev.key.extra_facts |= extra_fact::DATA_ACKED;
     }
 
