@@ -102,7 +102,7 @@ pub struct Probes {
 }
 
 /// aya's loader. `EbpfLoader::new` parses the whole kernel BTF (~19 MB while it parses 6.18's
-/// 5.5 MB), the daemon's peak memory: call this before anything else of size is in memory. The
+/// 5.5 MB), the daemon's peak memory: `main` calls this before anything else of size is in memory. The
 /// parse is dropped at once: the programs have no CO-RE relocations, and `load_and_attach` gives
 /// the loader only the small BTF its BTF tracepoints need (issue 12).
 pub fn loader() -> EbpfLoader<'static> {
