@@ -85,7 +85,7 @@ fn lookup_batches<K: Pod>(map: &MapData, each: &mut impl FnMut(K, u64)) -> Resul
         let ret = unsafe {
             libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &mut attr as *mut BatchAttr, size_of::<BatchAttr>() as u32)
         };
-        let errno = (ret < 0).then(|| std::io::Error::last_os_error());
+        let errno = (ret < 0).then(std::io::Error::last_os_error);
         // ENOENT: the last batch (possibly with keys in it).
         let done = errno.as_ref().and_then(std::io::Error::raw_os_error) == Some(libc::ENOENT);
         if let Some(err) = errno.filter(|_| !done) {
