@@ -84,6 +84,9 @@ pub mod extra_fact {
     /// connecting socket counts as one byte and an accepted one does not): tells a reset after a
     /// request was delivered from one in the opening exchange.
     pub const DATA_ACKED: u8 = 1 << 2;
+    /// The service port is counted as 0 because `--max-ports` ports already have a label of
+    /// their own (the cap is applied in the kernel, so a port flood does not fill the count map).
+    pub const PORT_CAPPED: u8 = 1 << 3;
 }
 
 /// Bits of `ResetEvent::flags`: facts about one event that do not take part in counting.
@@ -347,6 +350,8 @@ pub struct Config {
     pub idle_threshold_jiffies: u32,
     /// Events each CPU may send per second (`--max-events-per-second` / CPUs); 0 = no limit.
     pub events_per_cpu_per_second: u32,
+    /// `--max-ports`: how many service ports get counts of their own; 0 = no cap (`trace`).
+    pub max_ports: u32,
     /// 1: count by the owner's cgroup too (Kubernetes mode: per-pod labels); 0: do not, which
     /// keeps the count map small where nobody asks for pods.
     pub count_by_cgroup: u32,
@@ -421,6 +426,7 @@ impl Config {
         sock_done_bit: 0,
         idle_threshold_jiffies: 0,
         events_per_cpu_per_second: 0,
+        max_ports: 0,
         count_by_cgroup: 0,
         ephemeral_port_low: 0,
         ephemeral_port_high: 0,

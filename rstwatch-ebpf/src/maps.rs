@@ -1,18 +1,26 @@
 //! The maps shared with the daemon, and the per-event bookkeeping around them.
 
 use aya_ebpf::{
-    bindings::BPF_ANY,
+    bindings::{BPF_ANY, BPF_NOEXIST},
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use crate::{read::conf, words};
 use rstwatch_common::{
-    ConnInfo, CountKey, ErrorKey, FlowKey, ListenerKey, Owner, ResetEvent, SocketErrorEvent, lost,
+    ConnInfo, CountKey, ErrorKey, FlowKey, ListenerKey, Owner, ResetEvent, SocketErrorEvent, extra_fact,
+    lost,
 };
 
 /// Exact reset counts by classifier inputs and service port; summed over CPUs in userspace.
 #[map]
 pub static COUNTS: PerCpuHashMap<CountKey, u64> = PerCpuHashMap::with_max_entries(16384, 0);
+
+/// The service ports that have counts of their own, first come first served (the daemon sizes
+/// it to `--max-ports`); resets on other ports are counted as port 0 with PORT_CAPPED. Capping
+/// here rather than at scrape time keeps a flood of ports from filling COUNTS and every scrape
+/// from reading tens of thousands of keys.
+#[map]
+pub static PORT_LABELS: HashMap<u16, u8> = HashMap::with_max_entries(65536, 0);
 
 /// Where `count` puts a reset whose key no longer fits in COUNTS: the same key without port (one
 /// per set of classifier inputs and owner), or failing that without owner too (one per set of
@@ -137,13 +145,16 @@ const SAME_PATH_NS: u64 = 1_000_000;
 
 #[inline(always)]
 pub fn count(key: &mut CountKey) {
-    if bump(&COUNTS, key, 1) {
-        return;
-    }
-    // Full (a flood of distinct ports fills it): keep the count exact by cause, and the owner,
-    // at the cost of the port; failing that, of the owner too.
-    bump_lost(lost::COUNT_MAP_FULL);
-    if !without_port(key, |key| bump(&COUNTS_OTHER, key, 1)) {
+    let counted = with_port_cap(key, |key| {
+        if bump(&COUNTS, key, 1) {
+            return true;
+        }
+        // Full (a flood of distinct owners fills it): keep the count exact by cause, and the
+        // owner, at the cost of the port; failing that, of the owner too.
+        bump_lost(lost::COUNT_MAP_FULL);
+        without_port(key, |key| bump(&COUNTS_OTHER, key, 1))
+    });
+    if !counted {
         bump_lost(lost::COUNT_UNRECORDED);
     }
 }
@@ -152,9 +163,37 @@ pub fn count(key: &mut CountKey) {
 /// alone; userspace only ever reads the sum over CPUs, which stays exact), wherever `count` put it.
 #[inline(always)]
 pub fn uncount(key: &mut CountKey) {
-    if !bump_existing(&COUNTS, key, u64::MAX) {
-        without_port(key, |key| bump_existing(&COUNTS_OTHER, key, u64::MAX));
+    with_port_cap(key, |key| {
+        bump_existing(&COUNTS, key, u64::MAX)
+            || without_port(key, |key| bump_existing(&COUNTS_OTHER, key, u64::MAX))
+    });
+}
+
+/// Run `f` on the key as it is counted: with its port if that port has a label (or can get one),
+/// else as port 0 with PORT_CAPPED. The key is restored afterwards (the event keeps its port).
+#[inline(always)]
+fn with_port_cap(key: &mut CountKey, f: impl Fn(&mut CountKey) -> bool) -> bool {
+    let port = key.port;
+    let capped = port != 0 && conf!(max_ports) != 0 && !port_labelled(port);
+    if capped {
+        key.port = 0;
+        key.extra_facts |= extra_fact::PORT_CAPPED;
     }
+    let done = f(key);
+    if capped {
+        key.port = port;
+        key.extra_facts &= !extra_fact::PORT_CAPPED;
+    }
+    done
+}
+
+/// The set only grows, so a port keeps its answer for good. Two CPUs adding the same new port at
+/// once: the one that loses the race finds it on the second look.
+#[inline(always)]
+fn port_labelled(port: u16) -> bool {
+    unsafe { PORT_LABELS.get(&port) }.is_some()
+        || PORT_LABELS.insert(&port, &1, BPF_NOEXIST as u64).is_ok()
+        || unsafe { PORT_LABELS.get(&port) }.is_some()
 }
 
 /// Run `f` on the key without its port, then without port and owner, until it succeeds. The key
@@ -248,6 +287,13 @@ pub fn emit_error(ev: &SocketErrorEvent) {
 
 #[inline(always)]
 pub fn count_error(key: &ErrorKey) {
+    // The reset before it gave its port a label if there was room; a port without one counts
+    // as 0 ("other"), as for resets.
+    let mut key = *key;
+    if key.port != 0 && conf!(max_ports) != 0 && !port_labelled(key.port) {
+        key.port = 0;
+    }
+    let key = &key;
     if let Some(value) = ERRORS.get_ptr_mut(key) {
         unsafe { *value += 1 };
         return;

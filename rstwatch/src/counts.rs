@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
-use rstwatch_common::{CountKey, ErrorKey, STATE_NONE, lost};
+use rstwatch_common::{CountKey, ErrorKey, STATE_NONE, extra_fact, lost};
 
 use crate::{
     attribution::Attribution,
@@ -186,7 +186,12 @@ impl Classifier {
 
     fn labels(&self, key: &CountKey, labels: &mut Labels) -> (SeriesLabels, [bool; 2]) {
         let facts = self.facts(key);
-        let (port, port_capped) = labels.port(key.port);
+        // The kernel applies the port cap itself (it keeps a flood of ports out of its map).
+        let (port, port_capped) = if key.extra_facts & extra_fact::PORT_CAPPED != 0 {
+            (OTHER.to_string(), true)
+        } else {
+            labels.port(key.port)
+        };
         let (comm, comm_capped) = labels.comm(&key.comm, key.state != STATE_NONE);
         let series = SeriesLabels {
             direction: facts.direction,

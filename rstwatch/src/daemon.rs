@@ -116,7 +116,7 @@ pub async fn run(options: RunOptions, loader: aya::EbpfLoader<'static>) -> anyho
         .ok()
         .map(Arc::new);
 
-    let session = Session::open(loader, &options.kernel, kubernetes)?;
+    let session = Session::open(loader, &options.kernel, kubernetes, options.max_ports as u32)?;
     let metrics = Metrics::new(&session.layout.release, kubernetes)?;
     for (probe, how) in &session.probes.status {
         match how {

@@ -151,6 +151,8 @@ pub fn load_and_attach(
         .btf(btf.as_ref())
         .override_global("CONFIG", &layout.config, true)
         .map_max_entries("EVENTS", ring_buffer_bytes)
+        // Without a cap (trace) every port may get counts of its own.
+        .map_max_entries("PORT_LABELS", if layout.config.max_ports == 0 { 65536 } else { layout.config.max_ports })
         .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rstwatch")))
         .map_err(|err| {
             let err = anyhow::Error::new(err).context("loading the eBPF programs into the kernel");

@@ -847,12 +847,12 @@ fn cardinality_flood_stays_within_the_caps() {
     let (counts, counts_capacity) = (gauge("rstwatch_map_entries", "counts"), gauge("rstwatch_map_capacity", "counts"));
     let (errors, errors_capacity) = (gauge("rstwatch_map_entries", "errors"), gauge("rstwatch_map_capacity", "errors"));
     assert!(counts <= counts_capacity && errors <= errors_capacity);
-    // 40,600 distinct count keys were offered to a map of 16,384: it is full, and says so (the
-    // kernel may refuse an insert a little before max_entries: its free elements sit on per-CPU
-    // lists); the rest went, without port and owner, to counts_other (a handful of keys).
-    assert!(counts >= 0.95 * counts_capacity, "counts map after the flood: {counts} of {counts_capacity}");
+    // 40,600 distinct count keys were offered; the kernel applies --max-ports itself, so the
+    // flood's ports beyond the cap never reach the count map: it holds a few hundred keys (the
+    // labelled ports, the process flood, the host's own), and every scrape reads only those.
+    assert!(counts < 0.25 * counts_capacity, "counts map after the flood: {counts} of {counts_capacity}");
     let other = gauge("rstwatch_map_entries", "counts_other");
-    assert!(map_full > 0.0 && other > 0.0 && other < 100.0, "count_map_full +{map_full}, counts_other {other} keys");
+    assert!(other < 100.0, "count_map_full +{map_full}, counts_other {other} keys");
     assert_eq!(http_get(daemon.addr, "/healthz").unwrap(), "ok\n");
 
     eprintln!(
