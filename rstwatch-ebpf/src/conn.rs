@@ -99,19 +99,8 @@ impl Conns for Btf {
 
     #[inline(always)]
     fn remember(_sk: u64, cookie: u64, info: &ConnInfo) {
-        let first = set_of(cookie);
-        let (Some(a), Some(b)) = (CONNS.get_ptr_mut(first), CONNS.get_ptr_mut(first + 1)) else {
-            return;
-        };
-        let (a, b) = unsafe { (&mut *a, &mut *b) };
-        // The way that holds this connection already, else the one with the older connection.
-        let slot = if a.cookie == cookie {
-            a
-        } else if b.cookie == cookie || b.info.birth_ns < a.info.birth_ns {
-            b
-        } else {
-            a
-        };
+        let Some(slot) = CONNS.get_ptr_mut(slot_index(cookie)) else { return };
+        let slot = unsafe { &mut *slot };
         unsafe { core::ptr::write_volatile(&mut slot.cookie, 0) };
         core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
         words::copy(&mut slot.info, info);
@@ -135,11 +124,15 @@ impl Conns for Btf {
     const ERRORS_NEED_NOTE: bool = false;
 }
 
-/// The first of the two ways a cookie may sit in. Cookies count up: a multiplicative hash
-/// spreads neighbours over the whole table.
+/// A connection's slot: its cookie modulo the table size. The kernel hands out cookies in
+/// sequence (per-CPU batches), so consecutive connections fill consecutive slots: the table is a
+/// ring of the most recent connections, walked in order, which keeps each store on a page and a
+/// cache line the previous ones already touched (a hashed slot cost a TLB and a cache miss per
+/// connection, about as much as everything else the program does). A slot is reused only after
+/// CONN_SLOTS newer cookies.
 #[inline(always)]
-fn set_of(cookie: u64) -> u32 {
-    ((cookie.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as u32 & (CONN_SLOTS / 2 - 1)) * 2
+fn slot_index(cookie: u64) -> u32 {
+    cookie as u32 & (CONN_SLOTS - 1)
 }
 
 #[inline(always)]
@@ -155,20 +148,11 @@ fn close_note(cookie: u64) -> u8 {
     if note >> 4 == cookie { (note & 0xf) as u8 } else { 0 }
 }
 
-/// The way that holds `cookie`, if either does.
+/// The slot of `cookie`, if it still holds that connection.
 #[inline(always)]
 fn slot_of(cookie: u64) -> Option<*const ConnSlot> {
-    let first = set_of(cookie);
-    let (a, b) = (CONNS.get_ptr(first)?, CONNS.get_ptr(first + 1)?);
-    unsafe {
-        if core::ptr::read_volatile(&(*a).cookie) == cookie {
-            Some(a)
-        } else if core::ptr::read_volatile(&(*b).cookie) == cookie {
-            Some(b)
-        } else {
-            None
-        }
-    }
+    let slot = CONNS.get_ptr(slot_index(cookie))?;
+    (unsafe { core::ptr::read_volatile(&(*slot).cookie) } == cookie).then_some(slot)
 }
 
 /// A writer reusing a slot zeroes its cookie first: a changed cookie after reading means the

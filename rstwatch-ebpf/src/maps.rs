@@ -36,10 +36,10 @@ pub static COUNTS_OTHER: PerCpuHashMap<CountKey, u64> = PerCpuHashMap::with_max_
 #[map]
 pub static CONN: LruHashMap<u64, ConnInfo> = LruHashMap::with_max_entries(65536, 0);
 
-/// The same memory for the tp_btf programs, keyed by socket cookie: a two-way set-associative
-/// cache in a plain array (see `conn::remember`). A hash map insert for every connection costs
-/// several times a whole program run; an array slot costs a store. Cookies are never reused, and
-/// a time-wait socket keeps its connection's cookie, so its owner is found there too.
+/// The same memory for the tp_btf programs, keyed by socket cookie: a ring of the most recent
+/// connections in a plain array (see `conn::slot_index`). A hash map insert for every connection
+/// costs several times a whole program run; an array slot costs a few stores. Cookies are never
+/// reused, and a time-wait socket keeps its connection's cookie, so its owner is found there too.
 #[map]
 pub static CONNS: Array<ConnSlot> = Array::with_max_entries(CONN_SLOTS, 0);
 pub const CONN_SLOTS: u32 = 65536;
