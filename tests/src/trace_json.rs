@@ -1,7 +1,6 @@
 //! `rstwatch trace --output json` around a piece of a test: the events rstwatch wrote, as JSON.
 
 use std::io::{BufRead, Read};
-use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -19,16 +18,8 @@ impl TraceJson {
             .args(args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
-        // SAFETY: prctl is async-signal-safe.
-        unsafe {
-            command.pre_exec(
-                || match libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) {
-                    0 => Ok(()),
-                    _ => Err(std::io::Error::last_os_error()),
-                },
-            );
-        }
-        let mut child = command.spawn().context("starting rstwatch trace")?;
+        let mut child = crate::process::dies_with_test(&mut command, None)
+            .spawn().context("starting rstwatch trace")?;
         let mut line = String::new();
         std::io::BufReader::new(child.stderr.take().expect("piped")).read_line(&mut line)?;
         if !line.contains("tracing") {

@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use rstwatch_tests::{NetNs, daemon::binary_path, scenarios};
+use rstwatch_tests::{NetNs, Snapshot, daemon::binary_path, scenarios};
 use serde_json::Value;
 
 /// Ports 21950–21959 belong to these tests (the scenario tests lock blocks in 21200–21899).
@@ -19,19 +19,8 @@ const PIPE_PORT: u16 = 21953;
 const EVENTS_PORT: u16 = 21954;
 const BUDGET_PORT: u16 = 21955;
 
-/// Children of these tests die with the test's thread, however the test ends (a failed assertion,
-/// a killed `cargo test`), so no daemon or trace is ever left attached.
 fn dies_with_test(command: &mut Command) -> &mut Command {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        })
-    }
+    rstwatch_tests::process::dies_with_test(command, None)
 }
 
 /// Kills the child when the test ends, also when it ends by a failed assertion (unwinding).
@@ -311,12 +300,9 @@ fn a_closed_pipe_ends_trace_cleanly() -> Result<()> {
 #[test]
 fn run_writes_events_and_rate_limits_them_per_cause() -> Result<()> {
     let ns = NetNs::new()?;
-    let dir = std::env::temp_dir().join(format!("rstwatch-events-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = rstwatch_tests::process::temp_dir("events")?;
     let events = dir.join("events.jsonl");
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let metrics_port = rstwatch_tests::process::free_port()?;
     let addr = format!("127.0.0.1:{metrics_port}");
     let mut daemon = KillOnDrop(Some(
         dies_with_test(&mut Command::new(binary_path()))
@@ -356,10 +342,8 @@ fn run_writes_events_and_rate_limits_them_per_cause() -> Result<()> {
         );
         let metrics = metrics_of(&addr)?;
         let limited = metrics
-            .lines()
-            .find(|l| l.starts_with("rstwatch_events_rate_limited_total{cause=\"no_listener\"}"))
-            .context("no rate-limit counter")?;
-        let limited: u64 = limited.rsplit(' ').next().unwrap().parse()?;
+            .get("rstwatch_events_rate_limited_total", &[("cause", "no_listener")])
+            .context("no rate-limit counter")? as u64;
         // The limit is per cause, host-wide: resets other tests make meanwhile may add to it.
         assert!(
             limited + no_listener >= 50,
@@ -377,7 +361,7 @@ fn run_writes_events_and_rate_limits_them_per_cause() -> Result<()> {
 #[test]
 fn the_event_budget_drops_details_never_counts() -> Result<()> {
     let ns = NetNs::new()?;
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let metrics_port = rstwatch_tests::process::free_port()?;
     let addr = format!("127.0.0.1:{metrics_port}");
     let mut daemon = KillOnDrop(Some(
         dies_with_test(&mut Command::new(binary_path()))
@@ -394,24 +378,13 @@ fn the_event_budget_drops_details_never_counts() -> Result<()> {
                 break;
             }
         }
-        let value = |metrics: &str, prefix: &str| -> u64 {
-            metrics
-                .lines()
-                .filter(|l| l.starts_with(prefix))
-                .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-                .sum()
-        };
-        let port = format!("port=\"{BUDGET_PORT}\"");
+        let port = BUDGET_PORT.to_string();
         ns.run(|| scenarios::refused_many(BUDGET_PORT, 300))??;
         std::thread::sleep(Duration::from_millis(300));
         let metrics = metrics_of(&addr)?;
-        let sent: u64 = metrics
-            .lines()
-            .filter(|l| l.starts_with("rstwatch_resets_total") && l.contains(&port) && l.contains("no_listener"))
-            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-            .sum();
+        let sent = metrics.sum("rstwatch_resets_total", &[("port", &port), ("cause", "no_listener")]) as u64;
         assert_eq!(sent, 300, "counts do not depend on events");
-        let dropped = value(&metrics, "rstwatch_events_lost_total{stage=\"over_event_budget\"}");
+        let dropped = metrics.sum("rstwatch_events_lost_total", &[("stage", "over_event_budget")]) as u64;
         assert!(dropped >= 600 - 2 * 2 * 2 - 10, "{dropped} event details dropped of 600+");
         Ok(())
     })();
@@ -426,7 +399,7 @@ fn the_event_budget_drops_details_never_counts() -> Result<()> {
     Ok(())
 }
 
-/// GET /metrics from a daemon this test started.
-fn metrics_of(addr: &str) -> Result<String> {
-    rstwatch_tests::daemon::http_get(addr.parse()?, "/metrics")
+/// /metrics of a daemon this test started, parsed.
+fn metrics_of(addr: &str) -> Result<Snapshot> {
+    rstwatch_tests::metrics::parse(&rstwatch_tests::http::get_ok(addr.parse()?, "/metrics")?)
 }
