@@ -248,23 +248,11 @@ impl OwnDaemon {
         cmd.args(["run", "--metrics-addr", &addr.to_string()])
             .args(extra)
             .env("RUST_LOG", "info");
-        let mut daemon = OwnDaemon {
-            proc: Proc::spawn("rstwatch", &mut cmd, None, log)?,
-            addr,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = daemon.proc.exited() {
-                bail!("rstwatch exited during start-up ({status}):\n{}", daemon.log_text());
-            }
-            if daemon.scrape().is_ok_and(|s| ready(&s)) {
-                return Ok(daemon);
-            }
-            if Instant::now() > deadline {
-                bail!("rstwatch not ready after 30 s:\n{}", daemon.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let mut proc = Proc::spawn("rstwatch", &mut cmd, None, log)?;
+        proc.wait_ready(Duration::from_secs(30), || {
+            http::get_ok(addr, "/metrics").is_ok_and(|text| metrics::parse(&text).is_ok_and(|s| ready(&s)))
+        })?;
+        Ok(OwnDaemon { proc, addr })
     }
 
     pub fn pid(&self) -> u32 {

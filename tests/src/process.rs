@@ -238,6 +238,27 @@ impl Proc {
             .and_then(|c| c.try_wait().ok().flatten())
     }
 
+    /// Poll `ready` until it holds, at most `timeout`; an error with the log's tail if the process
+    /// exits first or is not ready in time.
+    pub fn wait_ready(&mut self, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited() {
+                bail!("{} exited during start-up ({status})\n{}", self.name, self.log_tail());
+            }
+            if ready() {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{} not ready in {timeout:?}\n{}",
+                self.name,
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Send `signal` to it, by PID.
     pub fn signal(&self, signal: i32) -> Result<()> {
         let pid = self.pid();

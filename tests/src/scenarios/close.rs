@@ -24,12 +24,10 @@ pub fn refused(port: u16, v6: bool) -> Result<Outcome> {
 
 /// (2) Server close() with SO_LINGER{1,0} after a request/response.
 pub fn linger0(port: u16, v6: bool) -> Result<Outcome> {
-    let (l, mut c, s) = established_pair(v6, port)?;
+    let (l, c, s) = established_pair(v6, port)?;
     set_linger_zero(&s)?;
     drop(s);
-    wait_state(&c, TcpState::Close, T)?;
-    expect_err(recv_once(&mut c), libc::ECONNRESET, "client recv")?;
-    vanish(c)?;
+    client_reset(c)?;
     drop(l);
     let mut o = Outcome::new(
         port,
@@ -52,9 +50,7 @@ pub fn unread_close(port: u16) -> Result<Outcome> {
         Ok(unread_bytes(&s)? == 39)
     })?;
     drop(s);
-    wait_state(&c, TcpState::Close, T)?;
-    expect_err(recv_once(&mut c), libc::ECONNRESET, "client recv")?;
-    vanish(c)?;
+    client_reset(c)?;
     drop(l);
     let mut o = Outcome::new(
         port,
@@ -114,9 +110,7 @@ pub fn half_open(port: u16, idle: Duration) -> Result<Outcome> {
         std::thread::sleep(idle);
     }
     c.write_all(REQUEST)?;
-    wait_state(&c, TcpState::Close, T)?;
-    expect_err(recv_once(&mut c), libc::ECONNRESET, "client recv")?;
-    vanish(c)?;
+    client_reset(c)?;
     drop(l);
     let rx_cause = if idle >= Duration::from_secs(1) {
         "idle_reset"

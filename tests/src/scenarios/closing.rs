@@ -4,17 +4,13 @@ use super::*;
 
 /// (11e1) TCP_LINGER2 = -1, shutdown(SHUT_WR), then close() in FIN_WAIT2.
 pub fn fin_wait2_linger(port: u16) -> Result<Outcome> {
-    let (l, mut c, s) = established_pair(false, port)?;
+    let (l, c, s) = established_pair(false, port)?;
     set_linger2(&s, -1)?;
     s.shutdown(Shutdown::Write)?;
     wait_state(&s, TcpState::FinWait2, T)?;
     wait_state(&c, TcpState::CloseWait, T)?;
     drop(s);
-    wait_state(&c, TcpState::Close, T)?;
-    let r = recv_once(&mut c);
-    ensure!(matches!(r, Ok(0)), "client recv: expected EOF, got {r:?}");
-    expect_err(c.write(REQUEST), libc::EPIPE, "client send")?;
-    vanish(c)?;
+    eof_then_epipe(c, "client send")?;
     drop(l);
     let mut o = Outcome::new(
         port,
@@ -93,11 +89,7 @@ pub fn data_after_close_fw1(port: u16) -> Result<Outcome> {
     let (l, mut c, s) = established_pair(false, port)?;
     drop(s);
     c.write_all(REQUEST)?; // inside the 40 ms delayed-ACK window
-    wait_state(&c, TcpState::Close, T)?;
-    let r = recv_once(&mut c);
-    ensure!(matches!(r, Ok(0)), "client recv: expected EOF, got {r:?}");
-    expect_err(c.write(REQUEST), libc::EPIPE, "client second send")?;
-    vanish(c)?;
+    eof_then_epipe(c, "client second send")?;
     drop(l);
     let mut o = Outcome::new(
         port,
@@ -123,11 +115,7 @@ pub fn data_after_close_fw2(port: u16) -> Result<Outcome> {
     wait_proc_state(port, cport, TcpState::FinWait2, T)?;
     std::thread::sleep(Duration::from_millis(200));
     c.write_all(REQUEST)?;
-    wait_state(&c, TcpState::Close, T)?;
-    let r = recv_once(&mut c);
-    ensure!(matches!(r, Ok(0)), "client recv: expected EOF, got {r:?}");
-    expect_err(c.write(REQUEST), libc::EPIPE, "client second send")?;
-    vanish(c)?;
+    eof_then_epipe(c, "client second send")?;
     drop(l);
     let mut o = Outcome::new(
         port,

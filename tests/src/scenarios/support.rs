@@ -50,3 +50,21 @@ pub(super) fn established_pair(v6: bool, port: u16) -> Result<(Socket, Socket, S
     wait_acked(&c)?;
     Ok((l, c, s))
 }
+
+/// The client saw the reset: its socket is CLOSEd and recv fails with ECONNRESET; then it goes
+/// silently.
+pub(super) fn client_reset(mut c: Socket) -> Result<()> {
+    wait_state(&c, TcpState::Close, T)?;
+    expect_err(recv_once(&mut c), libc::ECONNRESET, "client recv")?;
+    vanish(c)
+}
+
+/// The client's socket is CLOSEd, recv reads end of file and the next write (`what`) fails
+/// with EPIPE: the reset closed it after the peer's FIN; then it goes silently.
+pub(super) fn eof_then_epipe(mut c: Socket, what: &str) -> Result<()> {
+    wait_state(&c, TcpState::Close, T)?;
+    let r = recv_once(&mut c);
+    ensure!(matches!(r, Ok(0)), "client recv: expected EOF, got {r:?}");
+    expect_err(c.write(REQUEST), libc::EPIPE, what)?;
+    vanish(c)
+}

@@ -121,27 +121,13 @@ fn start_rstwatch(m: &Manifests, pod: &NetNs, dir: &Path) -> Result<Proc> {
     cmd.args(&args).env("RUST_LOG", "info");
     let mut daemon = Proc::spawn("rstwatch", &mut cmd, Some(pod), dir.join("rstwatch.log"))?;
     let metrics = SocketAddr::from((Ipv4Addr::LOCALHOST, m.metrics_port));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        ensure!(
-            daemon.exited().is_none(),
-            "rstwatch exited during start-up\n{}",
-            daemon.log_tail()
-        );
-        let ok = pod.run(move || -> bool {
+    daemon.wait_ready(Duration::from_secs(20), || {
+        pod.run(move || {
             matches!(http::get_ok(metrics, "/healthz"), Ok(b) if b.trim() == "ok")
                 && matches!(http::get_ok(metrics, "/metrics"), Ok(b) if b.contains("rstwatch_probe_attached{probe=\"tcp_send_reset\"} 1"))
-        })?;
-        if ok {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "rstwatch not ready in 20 s\n{}",
-            daemon.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        })
+        .unwrap_or(false)
+    })?;
     eprintln!(
         "rstwatch (pid {}) ready as uid {} with {caps:?}, {}",
         daemon.pid(),
@@ -174,23 +160,9 @@ fn start_prometheus(pod: &NetNs, dir: &Path, port: u16, alerts: &Path) -> Result
         .arg("--storage.tsdb.retention.time=1h");
     let mut prom = Proc::spawn("prometheus", &mut cmd, Some(pod), dir.join("prometheus.log"))?;
     let p = Prom { ns: pod, addr: PROM_ADDR };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        ensure!(
-            prom.exited().is_none(),
-            "prometheus exited during start-up\n{}",
-            prom.log_tail()
-        );
-        if p.get("/-/ready").is_ok_and(|r| r.status == 200) {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "prometheus not ready in 30 s\n{}",
-            prom.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    prom.wait_ready(Duration::from_secs(30), || {
+        p.get("/-/ready").is_ok_and(|r| r.status == 200)
+    })?;
     eprintln!(
         "prometheus (pid {}) ready on {PROM_ADDR} in the pod's namespace",
         prom.pid()
