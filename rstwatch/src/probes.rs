@@ -117,13 +117,38 @@ pub struct Probes {
     pub programs: Vec<AttachedProgram>,
 }
 
+/// aya's loader. `EbpfLoader::new` parses the whole kernel BTF (~19 MB while it parses 6.18's
+/// 5.5 MB), the daemon's peak memory: `main` calls this before anything else of size is in memory. The
+/// parse is dropped at once: the programs have no CO-RE relocations, and `load_and_attach` gives
+/// the loader only the small BTF its BTF tracepoints need (issue 12).
+pub fn loader() -> EbpfLoader<'static> {
+    let mut loader = EbpfLoader::new();
+    loader.btf(None);
+    loader
+}
+
 pub fn load_and_attach(
+    loader: EbpfLoader<'static>,
     layout: &KernelLayout,
     ring_buffer_bytes: u32,
     program_type: ProgramType,
 ) -> anyhow::Result<Probes> {
     raise_memlock_limit();
-    let mut ebpf = EbpfLoader::new()
+    // Rust eBPF emits no CO-RE relocations; had the programs any, relocating them against this
+    // small BTF would fail loudly instead of leaving them unrelocated.
+    let btf = match program_type {
+        ProgramType::Auto => {
+            let typedefs = layout.btf_tracepoints.iter().map(|(event, tracepoint)| (*event, tracepoint.id));
+            crate::kernel::btf::tracepoints_btf(typedefs)
+                .map_err(|e| log::warn!("no BTF tracepoints, classic ones only: {e:#}"))
+                .ok()
+        }
+        ProgramType::Tracepoint => None,
+    };
+    // Borrows `btf` and the layout from here on.
+    let mut loader: EbpfLoader<'_> = loader;
+    let mut ebpf = loader
+        .btf(btf.as_ref())
         .override_global("CONFIG", &layout.config, true)
         .map_max_entries("EVENTS", ring_buffer_bytes)
         .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rstwatch")))
@@ -132,12 +157,6 @@ pub fn load_and_attach(
             explain_enosys(explain_eperm(err, "loading eBPF programs", &[CAP_BPF, CAP_PERFMON]))
         })?;
 
-    let btf = match program_type {
-        ProgramType::Auto => Btf::from_sys_fs()
-            .map_err(|e| log::warn!("no BTF tracepoints, classic ones only: {e}"))
-            .ok(),
-        ProgramType::Tracepoint => None,
-    };
     let mut status: Vec<(&'static str, ProbeStatus)> = Vec::new();
     let mut programs = Vec::new();
     let usable = |spec: &ProbeSpec| (spec.usable)(&layout.config);

@@ -116,14 +116,15 @@ fn explain_tracefs(err: anyhow::Error) -> anyhow::Error {
 
 impl Session {
     /// `count_by_cgroup`: count by the owner's cgroup too (per-pod labels in Kubernetes mode).
-    pub fn open(args: &KernelArgs, count_by_cgroup: bool) -> anyhow::Result<Session> {
+    /// `loader`: `probes::loader()`, made first thing in `main` (see there).
+    pub fn open(loader: aya::EbpfLoader<'static>, args: &KernelArgs, count_by_cgroup: bool) -> anyhow::Result<Session> {
         let tracefs = kernel::tracefs::ensure_mounted().map_err(explain_tracefs)?;
         info!("tracefs at {}", tracefs.display());
         let mut layout = kernel::resolve(args.idle_threshold)?;
         let cpus = aya::util::nr_cpus().map_err(|(what, err)| anyhow!("{what}: {err}"))? as u32;
         layout.config.events_per_cpu_per_second = args.max_events_per_second.div_ceil(cpus.max(1));
         layout.config.count_by_cgroup = count_by_cgroup as u32;
-        let mut probes = probes::load_and_attach(&layout, args.ring_buffer_kib * 1024, args.program_type)?;
+        let mut probes = probes::load_and_attach(loader, &layout, args.ring_buffer_kib * 1024, args.program_type)?;
         let capacities = MAPS
             .iter()
             .map(|&(name, label)| Ok((label, capacity(&probes.ebpf, name)?)))

@@ -149,8 +149,8 @@ fn top<K: Clone + Ord>(counts: &HashMap<K, u64>, n: usize) -> Vec<(K, u64)> {
     entries
 }
 
-pub async fn run(options: TraceOptions) -> anyhow::Result<()> {
-    let session = Session::open(&options.kernel, false)?;
+pub async fn run(options: TraceOptions, loader: aya::EbpfLoader<'static>) -> anyhow::Result<()> {
+    let session = Session::open(loader, &options.kernel, false)?;
     // Containers from cgroup paths; pod names need the daemon's Kubernetes mode.
     let attribution = Attribution::open(None)
         .map_err(|err| log::warn!("resets will not name containers: {err:#}"))

@@ -3,15 +3,71 @@
 //! Rust eBPF has no CO-RE relocations, so the programs get plain byte offsets that are looked
 //! up here, by member name, in the kernel's own type information.
 
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::os::fd::{AsRawFd as _, FromRawFd as _};
 use std::path::Path;
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use btf_rs::{Btf, Member, Struct, Type};
+use btf_rs::{Backend, Btf, Member, Struct, Type};
 
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
+/// The kernel's BTF, read in place: btf-rs's cached backend turns the 5 MB file into ~25 MB of
+/// heap, which was the daemon's peak memory (issue 12). Mapped, only an index of type offsets
+/// (8 bytes a type) is allocated, and a lookup by name scans the types, so the types rstwatch
+/// looks up are remembered.
 pub struct KernelBtf {
     btf: Btf,
+    /// `resolve_types_by_name`, by name: each uncached call scans all ~150k types.
+    by_name: RefCell<HashMap<String, Vec<Type>>>,
+}
+
+/// A tracepoint as a BTF tracepoint (tp_btf) program sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BtfTracepoint {
+    /// The type id of `btf_trace_<event>` in the kernel's BTF: what the program is loaded against.
+    pub id: u32,
+    /// Argument types, named as C would.
+    pub args: Vec<String>,
+}
+
+/// The kernel's BTF as aya needs it to load BTF tracepoints: only the `btf_trace_<event>`
+/// typedefs, each at its id in the kernel's BTF, every other id a placeholder. aya looks a
+/// tp_btf program's target up by name and hands the kernel only its id; this costs ~80 bytes per
+/// id below the highest one (~3 MB on 6.18) where `aya::Btf::from_sys_fs` holds the whole BTF,
+/// ~19 MB while it parses it: the daemon's start-up peak (issue 12).
+pub fn tracepoints_btf<'a>(typedefs: impl IntoIterator<Item = (&'a str, u32)>) -> Result<aya::Btf> {
+    const KIND_PTR: u32 = 2;
+    const KIND_TYPEDEF: u32 = 8;
+    let mut by_id = BTreeMap::new();
+    let mut strings = vec![0u8];
+    for (event, id) in typedefs {
+        by_id.insert(id, strings.len() as u32);
+        strings.extend_from_slice(format!("btf_trace_{event}").as_bytes());
+        strings.push(0);
+    }
+    let last = by_id.keys().next_back().copied().unwrap_or(0);
+    // Each type is a `struct btf_type` alone (name_off, info, type): a pointer to void, or the typedef.
+    let mut types = Vec::with_capacity(last as usize * 12);
+    for id in 1..=last {
+        let (name, kind) = by_id.get(&id).map_or((0, KIND_PTR), |&name| (name, KIND_TYPEDEF));
+        for word in [name, kind << 24, 0] {
+            types.extend_from_slice(&word.to_ne_bytes());
+        }
+    }
+    // struct btf_header: magic, version, flags, hdr_len, type_off, type_len, str_off, str_len.
+    const HEADER: u32 = 24;
+    let mut data = Vec::with_capacity(HEADER as usize + types.len() + strings.len());
+    data.extend_from_slice(&0xeb9f_u16.to_ne_bytes());
+    data.extend_from_slice(&[1, 0]);
+    for word in [HEADER, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+        data.extend_from_slice(&word.to_ne_bytes());
+    }
+    data.extend_from_slice(&types);
+    data.extend_from_slice(&strings);
+    aya::Btf::parse(&data, aya::Endianness::default()).context("building the BTF of the BTF tracepoints")
 }
 
 /// Where a (possibly nested) member lives, in bytes from the start of the outer struct.
@@ -29,9 +85,41 @@ impl KernelBtf {
     }
 
     pub fn open(path: &Path) -> Result<Self> {
-        let btf =
-            Btf::from_file(path).with_context(|| format!("reading BTF {}", path.display()))?;
-        Ok(Self { btf })
+        let btf = match Btf::from_file_with_backend(path, Backend::Mmap) {
+            Ok(btf) => btf,
+            // sysfs lets /sys/kernel/btf/vmlinux be mapped since 6.16; before, a copy in memory
+            // (not on disk) is mapped instead, which still costs only its own 5 MB.
+            Err(mmap_error) => {
+                log::debug!("mapping {} failed ({mmap_error}); mapping a copy", path.display());
+                Self::map_copy(path)?
+            }
+        };
+        Ok(Self { btf, by_name: RefCell::default() })
+    }
+
+    fn map_copy(path: &Path) -> Result<Btf> {
+        let mut file = File::open(path).with_context(|| format!("reading BTF {}", path.display()))?;
+        // SAFETY: memfd_create with a valid C string; the descriptor is owned by `copy` below.
+        let fd = unsafe { libc::memfd_create(c"rstwatch-btf".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("memfd_create for a copy of the kernel's BTF");
+        }
+        // SAFETY: `fd` was just created and nothing else owns it.
+        let mut copy = unsafe { File::from_raw_fd(fd) };
+        std::io::copy(&mut file, &mut copy).with_context(|| format!("reading BTF {}", path.display()))?;
+        let copy_path = format!("/proc/self/fd/{}", copy.as_raw_fd());
+        Btf::from_file_with_backend(&copy_path, Backend::Mmap)
+            .with_context(|| format!("reading BTF {} (mapped copy)", path.display()))
+    }
+
+    /// Types named `name` (all kinds), remembered for the next lookup.
+    fn types_by_name(&self, name: &str) -> Result<Vec<Type>> {
+        if let Some(types) = self.by_name.borrow().get(name) {
+            return Ok(types.clone());
+        }
+        let types = self.btf.resolve_types_by_name(name)?;
+        self.by_name.borrow_mut().insert(name.to_string(), types.clone());
+        Ok(types)
     }
 
     /// Resolves a dotted member path (`inet_conn.icsk_ack.lrcvtime`) inside `struct <strukt>`.
@@ -72,7 +160,7 @@ impl KernelBtf {
 
     /// All values of `enum <name>` (or a 64-bit enum), in declaration order.
     pub fn enum_values(&self, name: &str) -> Result<Vec<(i64, String)>> {
-        for ty in self.btf.resolve_types_by_name(name)? {
+        for ty in self.types_by_name(name)? {
             let values = match &ty {
                 Type::Enum(e) => e
                     .members
@@ -106,28 +194,32 @@ impl KernelBtf {
             .ok_or_else(|| anyhow!("enum {name} has no value {member}"))
     }
 
-    /// The argument types of a tracepoint as a BTF tracepoint (tp_btf) program sees them: the
-    /// `TP_PROTO` of `btf_trace_<event>`, without its leading `void *__data`. Each is named as C
-    /// would ("struct sock *", "enum sk_rst_reason", "int"); qualifiers are dropped.
-    pub fn tracepoint_args(&self, event: &str) -> Result<Vec<String>> {
+    /// `btf_trace_<event>`, the typedef a BTF tracepoint (tp_btf) program attaches by: its type id,
+    /// and its `TP_PROTO` argument types as the program sees them (without the leading
+    /// `void *__data`), each named as C would ("struct sock *", "enum sk_rst_reason", "int");
+    /// qualifiers are dropped.
+    pub fn tracepoint(&self, event: &str) -> Result<BtfTracepoint> {
         let typedef = format!("btf_trace_{event}");
-        let ty = self
-            .btf
-            .resolve_types_by_name(&typedef)
-            .with_context(|| format!("the kernel's BTF has no {typedef}: no BTF tracepoint for {event}"))?
-            .into_iter()
-            .find(|t| matches!(t, Type::Typedef(_)))
-            .ok_or_else(|| anyhow!("{typedef} is not a typedef"))?;
+        let mut found = None;
+        for id in self.btf.resolve_ids_by_name(&typedef)? {
+            let ty = self.btf.resolve_type_by_id(id)?;
+            if matches!(ty, Type::Typedef(_)) {
+                found = Some((id, ty));
+                break;
+            }
+        }
+        let (id, ty) = found.ok_or_else(|| anyhow!("the kernel's BTF has no typedef {typedef}: no BTF tracepoint for {event}"))?;
         let Type::Ptr(ptr) = self.peel(ty)? else { bail!("{typedef} is not a function pointer") };
         let Type::FuncProto(proto) = self.peel(self.btf.resolve_chained_type(&ptr)?)? else {
             bail!("{typedef} does not point to a function prototype");
         };
-        proto
+        let args = proto
             .parameters
             .iter()
             .skip(1)
             .map(|param| self.c_name(self.btf.resolve_chained_type(param)?))
-            .collect()
+            .collect::<Result<_>>()?;
+        Ok(BtfTracepoint { id, args })
     }
 
     fn c_name(&self, ty: Type) -> Result<String> {
@@ -145,8 +237,7 @@ impl KernelBtf {
     }
 
     fn named_struct(&self, name: &str) -> Result<Type> {
-        self.btf
-            .resolve_types_by_name(name)?
+        self.types_by_name(name)?
             .into_iter()
             .find(|t| matches!(t, Type::Struct(_) | Type::Union(_)))
             .ok_or_else(|| anyhow!("the kernel's BTF has no struct {name}"))
@@ -239,6 +330,17 @@ mod tests {
     }
 
     #[test]
+    fn a_mapped_copy_reads_the_same() {
+        // What kernels before 6.16 get: their /sys/kernel/btf/vmlinux cannot be mapped.
+        let Some(btf) = live_for_tests() else { return };
+        let copy = KernelBtf { btf: KernelBtf::map_copy(Path::new(VMLINUX)).unwrap(), by_name: RefCell::default() };
+        for (strukt, path) in [("sock", "__sk_common.skc_state"), ("tcp_sock", "inet_conn.icsk_ack.lrcvtime")] {
+            assert_eq!(copy.member(strukt, path).unwrap(), btf.member(strukt, path).unwrap());
+        }
+        assert_eq!(copy.tracepoint("tcp_receive_reset").unwrap(), btf.tracepoint("tcp_receive_reset").unwrap());
+    }
+
+    #[test]
     fn reports_what_is_missing() {
         let Some(btf) = live_for_tests() else { return };
         let err = |s, p| format!("{:#}", btf.member(s, p).unwrap_err());
@@ -253,13 +355,27 @@ mod tests {
     #[test]
     fn tracepoint_arguments_as_tp_btf_sees_them() {
         let Some(btf) = live_for_tests() else { return };
-        let args = btf.tracepoint_args("tcp_receive_reset").unwrap();
-        assert_eq!(args, ["struct sock *"]);
-        let args = btf.tracepoint_args("inet_sock_set_state").unwrap();
-        assert_eq!(args, ["struct sock *", "int", "int"]);
-        let args = btf.tracepoint_args("tcp_send_reset").unwrap();
-        assert_eq!(&args[..2], ["struct sock *", "struct sk_buff *"]);
-        assert!(btf.tracepoint_args("no_such_event").is_err());
+        let args = |event| btf.tracepoint(event).unwrap().args;
+        assert_eq!(args("tcp_receive_reset"), ["struct sock *"]);
+        assert_eq!(args("inet_sock_set_state"), ["struct sock *", "int", "int"]);
+        assert_eq!(&args("tcp_send_reset")[..2], ["struct sock *", "struct sk_buff *"]);
+        assert!(btf.tracepoint("no_such_event").is_err());
+    }
+
+    #[test]
+    fn tracepoints_btf_has_the_kernels_ids() {
+        let Some(btf) = live_for_tests() else { return };
+        let events = ["tcp_send_reset", "tcp_receive_reset", "inet_sock_set_state"];
+        let ids: Vec<_> = events.iter().map(|event| (*event, btf.tracepoint(event).unwrap().id)).collect();
+        let small = tracepoints_btf(ids.iter().copied()).unwrap();
+        let full = aya::Btf::from_sys_fs().unwrap();
+        for (event, id) in ids {
+            let name = format!("btf_trace_{event}");
+            let kind = aya_obj::btf::BtfKind::Typedef;
+            assert_eq!(small.id_by_type_name_kind(&name, kind).unwrap(), id, "{name}");
+            assert_eq!(full.id_by_type_name_kind(&name, kind).unwrap(), id, "{name} in aya's parse");
+        }
+        assert!(tracepoints_btf([]).is_ok());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, anyhow, bail};
 use rstwatch_common::{ABSENT, Config, FieldOffset};
 
-use self::btf::KernelBtf;
+use self::btf::{BtfTracepoint, KernelBtf};
 use self::tracefs::EventFormat;
 
 const REASON_PREFIX: &str = "SK_RST_REASON_";
@@ -26,8 +26,8 @@ pub struct KernelLayout {
     pub release: String,
     pub send_reset_has_reason: bool,
     pub send_reset_has_state: bool,
-    /// Tracepoints that can be attached as BTF tracepoints (tp_btf), with their argument types.
-    pub btf_tracepoints: BTreeMap<&'static str, Vec<String>>,
+    /// Tracepoints that can be attached as BTF tracepoints (tp_btf): type ids and argument types.
+    pub btf_tracepoints: BTreeMap<&'static str, BtfTracepoint>,
 }
 
 impl KernelLayout {
@@ -58,7 +58,7 @@ pub fn resolve(idle_threshold: Duration) -> Result<KernelLayout> {
     config.sock_done_bit = fit("SOCK_DONE of enum sock_flags", done)?;
 
     optional_tracepoints(&tracefs, &btf, &mut config);
-    let btf_tracepoints = btf_tracepoint_args(&btf, &mut config);
+    let btf_tracepoints = btf_tracepoints(&btf, &mut config);
 
     let hz = clock::hz()?;
     config.idle_threshold_jiffies = idle_jiffies(idle_threshold, hz)?;
@@ -112,13 +112,13 @@ fn optional_tracepoints(tracefs: &std::path::Path, btf: &KernelBtf, config: &mut
 pub const BTF_TRACEPOINTS: [&str; 5] =
     ["tcp_send_reset", "tcp_receive_reset", "inet_sock_set_state", "inet_sk_error_report", "kfree_skb"];
 
-/// The argument lists of the BTF tracepoints this kernel has, and where `reason` sits in them.
-fn btf_tracepoint_args(btf: &KernelBtf, config: &mut Config) -> BTreeMap<&'static str, Vec<String>> {
+/// The BTF tracepoints this kernel has, and where `reason` sits in their arguments.
+fn btf_tracepoints(btf: &KernelBtf, config: &mut Config) -> BTreeMap<&'static str, BtfTracepoint> {
     let mut found = BTreeMap::new();
     for event in BTF_TRACEPOINTS {
-        match btf.tracepoint_args(event) {
-            Ok(args) => {
-                found.insert(event, args);
+        match btf.tracepoint(event) {
+            Ok(tracepoint) => {
+                found.insert(event, tracepoint);
             }
             Err(e) => log::debug!("{event} only as a classic tracepoint: {e:#}"),
         }
@@ -126,7 +126,7 @@ fn btf_tracepoint_args(btf: &KernelBtf, config: &mut Config) -> BTreeMap<&'stati
     let reason_arg = |event: &str, reason_type: &str| -> FieldOffset {
         found
             .get(event)
-            .and_then(|args| args.iter().position(|arg| arg == reason_type))
+            .and_then(|tracepoint| tracepoint.args.iter().position(|arg| arg == reason_type))
             .map_or(ABSENT, |index| index as FieldOffset)
     };
     config.btf_send_reason_arg = reason_arg("tcp_send_reset", "enum sk_rst_reason");

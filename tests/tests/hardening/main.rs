@@ -16,7 +16,7 @@
 //!   is counted in `rstwatch_label_overflow_total` (or `count_map_full`), and the count maps' fill
 //!   is exported.
 //!
-//! Modules: `bad_input`, `restarts` (and the BPF objects a daemon holds), `flood`.
+//! Modules: `bad_input`, `restarts` (and the BPF objects a daemon holds), `flood`, `memory`.
 
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Mutex;
@@ -26,6 +26,7 @@ use rstwatch_tests::process::{rstwatch_bin, temp_dir};
 
 mod bad_input;
 mod flood;
+mod memory;
 mod restarts;
 
 /// Daemons that load programs run one at a time here (timings, the flood).
