@@ -177,7 +177,7 @@ fn kernel_without_bpf_is_named() {
     cmd.args(["run", "--metrics-addr", &format!("127.0.0.1:{}", free_port().unwrap())]);
     // SAFETY: only prctl(2) between fork and exec.
     unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || deny_bpf_syscall());
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, deny_bpf_syscall);
     }
     let outcome = run_bounded(&mut cmd, Duration::from_secs(30));
     let line = one_error("bpf() not implemented", &outcome, 1);
