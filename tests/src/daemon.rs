@@ -4,8 +4,7 @@
 //! set in the child: the kernel kills it when that thread (that is, the test process) goes away,
 //! however the process ends. (A `Drop` on a static or `atexit` would not run reliably.)
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -14,6 +13,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+
+use crate::http;
+use crate::process::{Proc, free_port, tail};
 
 use crate::metrics::{self, Snapshot};
 
@@ -26,20 +28,7 @@ pub struct Daemon {
 
 static DAEMON: OnceLock<std::result::Result<Daemon, String>> = OnceLock::new();
 
-/// Path of the binary: `$RSTWATCH_BIN`, else `rstwatch` in the release directory cargo builds
-/// into (`$CARGO_TARGET_DIR`, relative to the workspace, or `<workspace>/target`).
-pub fn binary_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("RSTWATCH_BIN") {
-        return PathBuf::from(p);
-    }
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let ws = manifest.parent().unwrap_or(&manifest).to_path_buf();
-    let target = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) if !dir.is_empty() => ws.join(dir),
-        _ => ws.join("target"),
-    };
-    target.join("release").join("rstwatch")
-}
+pub use crate::process::binary_path;
 
 /// The daemon of this process, started on first call. Panics (with the reason) if it cannot start,
 /// so every test that needs it fails loudly instead of being skipped.
@@ -65,11 +54,6 @@ pub fn extra_args() -> Vec<String> {
     std::env::var("RSTWATCH_DAEMON_ARGS")
         .map(|args| args.split_whitespace().map(String::from).collect())
         .unwrap_or_default()
-}
-
-fn free_port() -> Result<u16> {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-    Ok(l.local_addr()?.port())
 }
 
 fn start() -> Result<Daemon> {
@@ -168,7 +152,7 @@ fn start() -> Result<Daemon> {
         }
         match d.scrape() {
             Ok(s) => {
-                if s.get("rstwatch_probe_attached", &[("probe", "tcp_send_reset")]) == Some(1.0) {
+                if ready(&s) {
                     return Ok(d);
                 }
                 last_err = "rstwatch_probe_attached{probe=\"tcp_send_reset\"} is not 1".into();
@@ -198,17 +182,10 @@ fn process_alive(pid: u32) -> bool {
     }
 }
 
-/// The last `n` lines of a file, for error messages.
-pub fn tail(path: &std::path::Path, n: usize) -> String {
-    let s = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
 impl Daemon {
     /// GET /metrics, parsed.
     pub fn scrape(&self) -> Result<Snapshot> {
-        let body = http_get(self.addr, "/metrics")?;
+        let body = http::get_ok(self.addr, "/metrics")?;
         metrics::parse(&body)
     }
 
@@ -218,7 +195,7 @@ impl Daemon {
     }
 
     pub fn scrape_text(&self) -> Result<String> {
-        http_get(self.addr, "/metrics")
+        http::get_ok(self.addr, "/metrics")
     }
 
     /// Poll /metrics until `cond` holds, at most `timeout`. Returns the last snapshot either way
@@ -252,58 +229,52 @@ impl Daemon {
     }
 }
 
-/// Minimal HTTP/1.1 GET (Connection: close; handles Content-Length, chunked, or read-to-EOF).
-pub fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .with_context(|| format!("connect {addr}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.set_write_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).context("read response")?;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("no end of headers")?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let body = &raw[split + 4..];
-    let status = head.lines().next().unwrap_or_default();
-    if status.split_whitespace().nth(1).is_none_or(|c| c != "200") {
-        bail!("GET {path}: {status}");
-    }
-    let chunked = head.lines().any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    let body = if chunked {
-        dechunk(body)?
-    } else {
-        body.to_vec()
-    };
-    String::from_utf8(body).context("body is not UTF-8")
+/// A daemon of one test, with its own flags, to signal and watch exit (the shared [`daemon()`]
+/// outlives every test). Ready once `tcp_send_reset` is attached; killed when dropped.
+pub struct OwnDaemon {
+    pub proc: Proc,
+    pub addr: SocketAddr,
 }
 
-fn dechunk(mut b: &[u8]) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let eol = b
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .context("bad chunk header")?;
-        let size_str = String::from_utf8_lossy(&b[..eol]);
-        let size = usize::from_str_radix(size_str.split(';').next().unwrap_or("").trim(), 16)
-            .context("bad chunk size")?;
-        b = &b[eol + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if b.len() < size + 2 {
-            bail!("truncated chunk");
-        }
-        out.extend_from_slice(&b[..size]);
-        b = &b[size + 2..];
+impl OwnDaemon {
+    pub fn start(extra: &[&str]) -> Result<OwnDaemon> {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+        let log = std::env::temp_dir().join(format!(
+            "rstwatch-tests-{}-daemon-{}.log",
+            std::process::id(),
+            addr.port()
+        ));
+        let mut cmd = Command::new(crate::process::rstwatch_bin());
+        cmd.args(["run", "--metrics-addr", &addr.to_string()])
+            .args(extra)
+            .env("RUST_LOG", "info");
+        let mut proc = Proc::spawn("rstwatch", &mut cmd, None, log)?;
+        proc.wait_ready(Duration::from_secs(30), || {
+            http::get_ok(addr, "/metrics").is_ok_and(|text| metrics::parse(&text).is_ok_and(|s| ready(&s)))
+        })?;
+        Ok(OwnDaemon { proc, addr })
     }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    pub fn scrape(&self) -> Result<Snapshot> {
+        metrics::parse(&http::get_ok(self.addr, "/metrics")?)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.proc.log_text()
+    }
+}
+
+impl Drop for OwnDaemon {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.proc.log);
+    }
+}
+
+/// The daemon serves metrics with its first program attached.
+fn ready(s: &Snapshot) -> bool {
+    s.get("rstwatch_probe_attached", &[("probe", "tcp_send_reset")]) == Some(1.0)
 }

@@ -7,7 +7,10 @@
 //! - [`netns::NetNs`]: a named netns, a way to run code inside it, per-netns sysctls and MIBs.
 //! - [`daemon::daemon`]: one rstwatch daemon per test process (`$RSTWATCH_BIN` or
 //!   `<workspace>/target/release/rstwatch`), killed with the process (PR_SET_PDEATHSIG).
-//! - [`metrics`]: Prometheus text parser, `resets(direction, cause, port)`.
+//! - [`metrics`]: the Prometheus text parser, `resets(direction, cause, port)`.
+//! - [`http`]: the HTTP client (loopback GET: `/metrics`, `/healthz`, Prometheus's API).
+//! - [`process`]: the binary's path, commands run to completion, children that die with the test
+//!   ([`process::Proc`]), scratch directories, free ports, `setpriv`, polling.
 //! - [`scenarios`]: the reset scenarios (also runnable one by one with the `scenario` binary).
 //! - [`check`]: scenario + daemon + exact delta comparison.
 //! - [`apps`]: real applications (nginx, redis, haproxy, a JVM on Apache HttpClient, curl) run in a
@@ -19,8 +22,10 @@
 pub mod apps;
 pub mod check;
 pub mod daemon;
+pub mod http;
 pub mod metrics;
 pub mod netns;
+pub mod process;
 pub mod scenarios;
 pub mod sock;
 pub mod trace_json;

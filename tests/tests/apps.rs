@@ -6,7 +6,7 @@
 //! redis-server, haproxy and Debian's Apache HttpClient 4.5 when they are missing.
 
 use std::io::Write as _;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use rstwatch_tests::apps::{AppError, AppTest, Reset, START, event, java_client, source};
@@ -35,13 +35,8 @@ fn nginx_conf(t: &AppTest, http: &str) -> Result<String> {
     )
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + START;
-    while !done()? {
-        ensure!(Instant::now() < deadline, "waited {START:?} for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
+fn wait_until(what: &str, done: impl FnMut() -> Result<bool>) -> Result<()> {
+    rstwatch_tests::process::wait_until(what, START, done)
 }
 
 fn printed(app: &rstwatch_tests::apps::App) -> String {

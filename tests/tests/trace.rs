@@ -3,11 +3,13 @@
 
 use std::{
     io::{BufRead, BufReader, Read},
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
+use rstwatch_tests::daemon::OwnDaemon;
+use rstwatch_tests::trace_json::Trace;
 use rstwatch_tests::{NetNs, daemon::binary_path, scenarios};
 use serde_json::Value;
 
@@ -18,88 +20,6 @@ const TMUX_PORT: u16 = 21952;
 const PIPE_PORT: u16 = 21953;
 const EVENTS_PORT: u16 = 21954;
 const BUDGET_PORT: u16 = 21955;
-
-/// Children of these tests die with the test's thread, however the test ends (a failed assertion,
-/// a killed `cargo test`), so no daemon or trace is ever left attached.
-fn dies_with_test(command: &mut Command) -> &mut Command {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        })
-    }
-}
-
-/// Kills the child when the test ends, also when it ends by a failed assertion (unwinding).
-struct KillOnDrop(Option<Child>);
-
-impl KillOnDrop {
-    fn child(&mut self) -> &mut Child {
-        self.0.as_mut().expect("present until drop")
-    }
-
-    /// SIGTERM and wait: the daemon's clean shutdown.
-    fn terminate(&mut self) -> Result<std::process::ExitStatus> {
-        unsafe { libc::kill(self.child().id() as i32, libc::SIGTERM) };
-        Ok(self.child().wait()?)
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// A `rstwatch trace` child, ready once it says so on stderr.
-struct Trace {
-    child: Child,
-    stderr: BufReader<std::process::ChildStderr>,
-}
-
-impl Trace {
-    fn start(args: &[&str]) -> Result<Trace> {
-        let mut child = dies_with_test(&mut Command::new(binary_path()))
-            .arg("trace")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting rstwatch trace")?;
-        let mut stderr = BufReader::new(child.stderr.take().expect("piped"));
-        let mut line = String::new();
-        stderr.read_line(&mut line)?;
-        if !line.contains("tracing TCP resets") {
-            let _ = child.kill();
-            bail!("rstwatch trace did not start: {line}");
-        }
-        Ok(Trace { child, stderr })
-    }
-
-    /// SIGINT, then everything it printed: (stdout, stderr after the start line, exit code).
-    fn stop(mut self) -> Result<(String, String, i32)> {
-        // Let the ring buffer drain and held events pass their hold time.
-        std::thread::sleep(Duration::from_millis(300));
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let mut stdout = String::new();
-        self.child
-            .stdout
-            .take()
-            .expect("piped")
-            .read_to_string(&mut stdout)?;
-        let mut stderr = String::new();
-        self.stderr.read_to_string(&mut stderr)?;
-        let status = self.child.wait()?;
-        Ok((stdout, stderr, status.code().unwrap_or(-1)))
-    }
-}
 
 fn json_lines(stdout: &str) -> Vec<Value> {
     stdout
@@ -311,27 +231,11 @@ fn a_closed_pipe_ends_trace_cleanly() -> Result<()> {
 #[test]
 fn run_writes_events_and_rate_limits_them_per_cause() -> Result<()> {
     let ns = NetNs::new()?;
-    let dir = std::env::temp_dir().join(format!("rstwatch-events-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = rstwatch_tests::process::temp_dir("events")?;
     let events = dir.join("events.jsonl");
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let addr = format!("127.0.0.1:{metrics_port}");
-    let mut daemon = KillOnDrop(Some(
-        dies_with_test(&mut Command::new(binary_path()))
-            .args(["run", "--metrics-addr", &addr, "--events-rate-limit", "5", "--events"])
-            .arg(&events)
-            .stderr(Stdio::piped())
-            .spawn()?,
-    ));
+    let events_arg = events.to_string_lossy().into_owned();
+    let mut daemon = OwnDaemon::start(&["--events-rate-limit", "5", "--events", &events_arg])?;
     let result = (|| -> Result<()> {
-        let stderr = BufReader::new(daemon.child().stderr.take().expect("piped"));
-        for line in stderr.lines() {
-            if line?.contains("serving metrics") {
-                break;
-            }
-        }
         // 50 refused connects in well under a second: 5 of each cause per second get through.
         let started = Instant::now();
         ns.run(|| scenarios::refused_many(EVENTS_PORT, 50))??;
@@ -354,12 +258,10 @@ fn run_writes_events_and_rate_limits_them_per_cause() -> Result<()> {
             written_all >= 1 && written_all <= 5 * (elapsed_seconds + 1),
             "{written_all} no_listener events written in {elapsed_seconds}s: {text}"
         );
-        let metrics = metrics_of(&addr)?;
-        let limited = metrics
-            .lines()
-            .find(|l| l.starts_with("rstwatch_events_rate_limited_total{cause=\"no_listener\"}"))
-            .context("no rate-limit counter")?;
-        let limited: u64 = limited.rsplit(' ').next().unwrap().parse()?;
+        let limited = daemon
+            .scrape()?
+            .get("rstwatch_events_rate_limited_total", &[("cause", "no_listener")])
+            .context("no rate-limit counter")? as u64;
         // The limit is per cause, host-wide: resets other tests make meanwhile may add to it.
         assert!(
             limited + no_listener >= 50,
@@ -367,7 +269,7 @@ fn run_writes_events_and_rate_limits_them_per_cause() -> Result<()> {
         );
         Ok(())
     })();
-    let status = daemon.terminate()?;
+    let status = daemon.proc.stop(Duration::from_secs(10))?;
     let _ = std::fs::remove_dir_all(&dir);
     result?;
     assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
@@ -377,56 +279,25 @@ fn run_writes_events_and_rate_limits_them_per_cause() -> Result<()> {
 #[test]
 fn the_event_budget_drops_details_never_counts() -> Result<()> {
     let ns = NetNs::new()?;
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let addr = format!("127.0.0.1:{metrics_port}");
-    let mut daemon = KillOnDrop(Some(
-        dies_with_test(&mut Command::new(binary_path()))
-            .args(["run", "--metrics-addr", &addr, "--max-events-per-second", "2", "--events", "-"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?,
-    ));
-    let mut stdout = daemon.child().stdout.take().expect("piped");
+    // `--events -`: the events go to stdout, which shares the daemon's log file with its log
+    // lines; the events are the lines that are JSON objects.
+    let mut daemon = OwnDaemon::start(&["--max-events-per-second", "2", "--events", "-"])?;
     let result = (|| -> Result<()> {
-        let stderr = BufReader::new(daemon.child().stderr.take().expect("piped"));
-        for line in stderr.lines() {
-            if line?.contains("serving metrics") {
-                break;
-            }
-        }
-        let value = |metrics: &str, prefix: &str| -> u64 {
-            metrics
-                .lines()
-                .filter(|l| l.starts_with(prefix))
-                .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-                .sum()
-        };
-        let port = format!("port=\"{BUDGET_PORT}\"");
         ns.run(|| scenarios::refused_many(BUDGET_PORT, 300))??;
         std::thread::sleep(Duration::from_millis(300));
-        let metrics = metrics_of(&addr)?;
-        let sent: u64 = metrics
-            .lines()
-            .filter(|l| l.starts_with("rstwatch_resets_total") && l.contains(&port) && l.contains("no_listener"))
-            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-            .sum();
+        let metrics = daemon.scrape()?;
+        let port = BUDGET_PORT.to_string();
+        let sent = metrics.sum("rstwatch_resets_total", &[("port", &port), ("cause", "no_listener")]) as u64;
         assert_eq!(sent, 300, "counts do not depend on events");
-        let dropped = value(&metrics, "rstwatch_events_lost_total{stage=\"over_event_budget\"}");
+        let dropped = metrics.sum("rstwatch_events_lost_total", &[("stage", "over_event_budget")]) as u64;
         assert!(dropped >= 600 - 2 * 2 * 2 - 10, "{dropped} event details dropped of 600+");
         Ok(())
     })();
-    unsafe { libc::kill(daemon.child().id() as i32, libc::SIGTERM) };
-    let mut text = String::new();
-    stdout.read_to_string(&mut text)?;
-    daemon.child().wait()?;
+    daemon.proc.stop(Duration::from_secs(10))?;
+    let log = daemon.log_text();
     result?;
-    let stdout = text;
-    let delivered = json_lines(&stdout).iter().filter(|l| l["service_port"] == BUDGET_PORT).count();
+    let events: String = log.lines().filter(|l| l.starts_with('{')).map(|l| format!("{l}\n")).collect();
+    let delivered = json_lines(&events).iter().filter(|l| l["service_port"] == BUDGET_PORT).count();
     assert!(delivered <= 12, "at most ~2 per second got through: {delivered}");
     Ok(())
-}
-
-/// GET /metrics from a daemon this test started.
-fn metrics_of(addr: &str) -> Result<String> {
-    rstwatch_tests::daemon::http_get(addr.parse()?, "/metrics")
 }

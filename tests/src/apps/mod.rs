@@ -6,8 +6,6 @@
 
 use std::fs::File;
 use std::io::Write as _;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
@@ -16,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
+use crate::process::workspace;
 use crate::{NetNs, Snapshot, daemon, trace_json::TraceJson};
 
 /// What the suite runs: `(a file the package installs, the Debian package)`.
@@ -43,14 +42,7 @@ pub fn ensure_installed() -> Result<()> {
             return Ok(());
         }
         eprintln!("apps: installing Debian packages {missing:?}");
-        let apt = |args: &[&str]| -> Result<()> {
-            let status = Command::new("apt-get").args(args).env("DEBIAN_FRONTEND", "noninteractive").status()?;
-            ensure!(status.success(), "apt-get {} failed: {status}", args.join(" "));
-            Ok(())
-        };
-        apt(&["update", "-qq"])
-            .and_then(|_| apt(&[&["install", "-y", "-qq", "--no-install-recommends"], missing.as_slice()].concat()))
-            .map_err(|e| format!("{e:#}"))
+        crate::process::apt_install(&missing).map_err(|e| format!("{e:#}"))
     })
     .clone()
     .map_err(|e| anyhow::anyhow!("installing the applications: {e}"))
@@ -62,11 +54,6 @@ pub fn work_dir(name: &str) -> Result<PathBuf> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     Ok(dir)
-}
-
-fn workspace() -> PathBuf {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(&manifest).to_path_buf()
 }
 
 /// A source file of this module (`java/AppClients.java`, `upload_server.py`).
@@ -118,17 +105,8 @@ impl App {
         let out = File::create(&log).with_context(|| format!("create {}", log.display()))?;
         let mut command = Command::new(program);
         command.args(args).current_dir(dir).stdin(Stdio::piped()).stdout(out.try_clone()?).stderr(out);
-        let fd = netns.as_raw_fd();
-        // SAFETY: setns and prctl are async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = command.spawn().with_context(|| format!("starting {name} ({program})"))?;
+        let child = crate::process::dies_with_test(&mut command, Some(&netns))
+            .spawn().with_context(|| format!("starting {name} ({program})"))?;
         Ok(App { name: name.into(), child, log })
     }
 
