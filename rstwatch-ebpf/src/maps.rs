@@ -100,7 +100,7 @@ pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost::LEN, 0);
 /// socket pointer, so it matches by flow and time. A program that interrupts in between can only
 /// make that match miss (the error is then counted without owner), never mix two resets.
 #[map]
-static LAST_RESET: PerCpuArray<LastReset> = PerCpuArray::with_max_entries(1, 0);
+static LAST_RESET: PerCpuArray<LastReset> = PerCpuArray::with_max_entries(NOTE_WAYS, 0);
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -123,6 +123,12 @@ static LAST_RECEIVE: PerCpuArray<LastReceive> = PerCpuArray::with_max_entries(NO
 /// and the read (a softirq during a process-context receive) lands in another slot unless its
 /// socket hashes to the same one, and even then the socket check makes it a miss, never a mix.
 const NOTE_WAYS: u32 = 8;
+
+/// The slot of a flow's note, by its ports (the classic error program knows no socket).
+#[inline(always)]
+fn flow_slot(local_port: u16, remote_port: u16) -> u32 {
+    note_slot(((local_port as u64) << 16 | remote_port as u64) << 6)
+}
 
 /// `socket` is what `Conns::identity` names it by.
 #[inline(always)]
@@ -313,16 +319,9 @@ pub fn count_error(key: &ErrorKey) {
 /// Note the reset just counted for the socket error that may follow (classic programs).
 #[inline(always)]
 pub fn remember_last_reset(ev: &ResetEvent) {
-    let Some(last) = LAST_RESET.get_ptr_mut(0) else { return };
+    let Some(last) = LAST_RESET.get_ptr_mut(flow_slot(ev.local_port, ev.remote_port)) else { return };
     let last = unsafe { &mut *last };
-    last.flow = FlowKey {
-        local_addr: ev.local_addr,
-        remote_addr: ev.remote_addr,
-        local_port: ev.local_port,
-        remote_port: ev.remote_port,
-        family: ev.family,
-        _pad: 0,
-    };
+    last.flow = crate::reset::flow_of(ev);
     last.ts_ns = ev.ts_ns;
     last.skaddr = ev.skaddr;
     words::copy(&mut last.owner, &ev.owner);
@@ -333,7 +332,7 @@ pub fn remember_last_reset(ev: &ResetEvent) {
 /// The reset this CPU just traced, if it is on `flow` and recent enough to be the same story.
 #[inline(always)]
 pub fn last_reset_on(flow: &FlowKey, now_ns: u64) -> Option<LastReset> {
-    let last = unsafe { *LAST_RESET.get_ptr(0)? };
+    let last = unsafe { *LAST_RESET.get_ptr(flow_slot(flow.local_port, flow.remote_port))? };
     (last.flow == *flow && now_ns.wrapping_sub(last.ts_ns) <= SAME_PATH_NS).then_some(last)
 }
 
