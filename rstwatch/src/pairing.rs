@@ -83,7 +83,12 @@ pub struct Pairer {
     first_seq: u64,
     /// Unpaired held resets by (direction, local, remote).
     waiting: HashMap<(Direction, Flow), u64>,
-    recent: VecDeque<(Direction, Flow, u64, PeerEnd)>,
+    /// The last `RECENT` released resets, by (direction, local, remote): a partner that arrives
+    /// after its peer went out still learns of it. A map, not a list to scan: in a storm most
+    /// resets are looked up here, thousands a second.
+    recent: HashMap<(Direction, Flow), (u64, PeerEnd)>,
+    /// `recent`'s keys (and times) in release order, to forget the oldest.
+    recent_order: VecDeque<((Direction, Flow), u64)>,
 }
 
 impl Default for Pairer {
@@ -94,7 +99,13 @@ impl Default for Pairer {
 
 impl Pairer {
     pub fn new() -> Pairer {
-        Pairer { held: VecDeque::new(), first_seq: 0, waiting: HashMap::new(), recent: VecDeque::new() }
+        Pairer {
+            held: VecDeque::new(),
+            first_seq: 0,
+            waiting: HashMap::new(),
+            recent: HashMap::new(),
+            recent_order: VecDeque::new(),
+        }
     }
 
     /// Take one observation in, read at `now_ns`. Push a whole drain of the ring buffer before
@@ -130,10 +141,14 @@ impl Pairer {
                 if self.waiting.get(&key) == Some(&seq) {
                     self.waiting.remove(&key);
                 }
-                if self.recent.len() >= RECENT {
-                    self.recent.pop_front();
+                if self.recent_order.len() >= RECENT
+                    && let Some((oldest, ts)) = self.recent_order.pop_front()
+                    && self.recent.get(&oldest).is_some_and(|(seen, _)| *seen == ts)
+                {
+                    self.recent.remove(&oldest);
                 }
-                self.recent.push_back((key.0, key.1, reset.monotonic_ns, PeerEnd::of(reset)));
+                self.recent.insert(key, (reset.monotonic_ns, PeerEnd::of(reset)));
+                self.recent_order.push_back((key, reset.monotonic_ns));
             }
             out.push(held.observation);
         }
@@ -155,9 +170,9 @@ impl Pairer {
                 return true;
             }
         }
-        if let Some((.., peer)) = self.recent.iter().rev().find(|(direction, flow, ts, _)| {
-            (*direction, *flow) == partner_key && ts.abs_diff(reset.monotonic_ns) <= PAIR_WINDOW_NS
-        }) {
+        if let Some((_, peer)) =
+            self.recent.get(&partner_key).filter(|(ts, _)| ts.abs_diff(reset.monotonic_ns) <= PAIR_WINDOW_NS)
+        {
             reset.peer = Some(peer.clone());
             // Its partner is gone already: nothing to wait for.
             return true;
