@@ -18,7 +18,7 @@ use aya_ebpf::{
 use rstwatch_common::{ConnInfo, FlowKey, ListenerKey, Owner, ResetEvent, event_flag, fact, tcp_state};
 
 use crate::{
-    maps::{CLOSE_NOTES, CLOSE_NOTE_SLOTS, CLOSED_FLOWS, CONN, CONN_SLOTS, CONNS, ConnSlot, LISTENERS},
+    maps::{CLOSE_NOTE_SLOTS, CLOSE_NOTES, CLOSED_FLOWS, CONN, CONN_SLOTS, CONNS, ConnSlot, LISTENERS},
     read::{Btf, Kernel, Probe, conf, probe, tp_field},
     socket, words,
 };
@@ -87,9 +87,15 @@ impl Conns for Btf {
     #[inline(always)]
     fn owner_and_port(_sk: u64, cookie: u64, flow: &FlowKey) -> (Owner, u16) {
         let guess = socket::guess_service_port(flow.local_port, flow.remote_port);
-        let Some(slot) = slot_of(cookie) else { return (Owner::default(), guess) };
+        let Some(slot) = slot_of(cookie) else {
+            return (Owner::default(), guess);
+        };
         let info = unsafe { &(*slot).info };
-        let owner = if info.owner_known != 0 { info.owner } else { Owner::default() };
+        let owner = if info.owner_known != 0 {
+            info.owner
+        } else {
+            Owner::default()
+        };
         let port = service_port_of(info.passive, info.birth_ns, flow, guess);
         if !unchanged(slot, cookie) {
             return (Owner::default(), guess);
@@ -99,7 +105,9 @@ impl Conns for Btf {
 
     #[inline(always)]
     fn remember(_sk: u64, cookie: u64, info: &ConnInfo) {
-        let Some(slot) = CONNS.get_ptr_mut(slot_index(cookie)) else { return };
+        let Some(slot) = CONNS.get_ptr_mut(slot_index(cookie)) else {
+            return;
+        };
         let slot = unsafe { &mut *slot };
         unsafe { core::ptr::write_volatile(&mut slot.cookie, 0) };
         core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
@@ -143,9 +151,15 @@ fn note_of(cookie: u64) -> u32 {
 /// The state a socket left for CLOSE, if the note for its cookie is still there (0 otherwise).
 #[inline(always)]
 fn close_note(cookie: u64) -> u8 {
-    let Some(note) = CLOSE_NOTES.get_ptr(note_of(cookie)) else { return 0 };
+    let Some(note) = CLOSE_NOTES.get_ptr(note_of(cookie)) else {
+        return 0;
+    };
     let note = unsafe { core::ptr::read_volatile(note) };
-    if note >> 4 == cookie { (note & 0xf) as u8 } else { 0 }
+    if note >> 4 == cookie {
+        (note & 0xf) as u8
+    } else {
+        0
+    }
 }
 
 /// The slot of `cookie`, if it still holds that connection.
@@ -218,7 +232,9 @@ impl Conns for Probe {
 
     #[inline(always)]
     fn recall_into(sk: u64, _cookie: u64, ev: &mut ResetEvent) {
-        let Some(info) = (unsafe { CONN.get(&sk) }) else { return };
+        let Some(info) = (unsafe { CONN.get(&sk) }) else {
+            return;
+        };
         if ev.key.state == tcp_state::CLOSE {
             ev.key.prior_state = info.prior_state;
         }
@@ -238,7 +254,10 @@ impl Conns for Probe {
     /// Unused: the classic error program finds the owner through the reset's per-CPU note.
     #[inline(always)]
     fn owner_and_port(_sk: u64, _cookie: u64, flow: &FlowKey) -> (Owner, u16) {
-        (Owner::default(), socket::guess_service_port(flow.local_port, flow.remote_port))
+        (
+            Owner::default(),
+            socket::guess_service_port(flow.local_port, flow.remote_port),
+        )
     }
 
     #[inline(always)]
@@ -252,14 +271,20 @@ impl Conns for Probe {
     #[inline(always)]
     fn closed(sk: u64, old: u8) {
         let Some(info) = CONN.get_ptr_mut(&sk) else {
-            let info = ConnInfo { prior_state: old, ..ConnInfo::default() };
+            let info = ConnInfo {
+                prior_state: old,
+                ..ConnInfo::default()
+            };
             let _ = CONN.insert(&sk, &info, 0);
             return;
         };
         let info = unsafe { &mut *info };
         info.prior_state = old;
         if info.owner_known != 0
-            && matches!(old, tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 | tcp_state::CLOSING)
+            && matches!(
+                old,
+                tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 | tcp_state::CLOSING
+            )
         {
             let _ = CLOSED_FLOWS.insert(&socket::flow::<Probe>(sk), &info.owner, 0);
         }
@@ -344,7 +369,11 @@ fn set_state<K: Conns>(sk: u64, old: u8, new: u8) {
 /// A listener, or a child it just cloned (both still hashed, so `skc_num` holds the port).
 #[inline(always)]
 fn listener_key<K: Kernel>(sk: u64) -> ListenerKey {
-    ListenerKey { netns: socket::netns::<K>(sk), port: K::read::<u16>(sk, conf!(sk_num)), _pad: 0 }
+    ListenerKey {
+        netns: socket::netns::<K>(sk),
+        port: K::read::<u16>(sk, conf!(sk_num)),
+        _pad: 0,
+    }
 }
 
 #[inline(always)]
@@ -355,8 +384,18 @@ pub fn current_owner() -> Owner {
     let thread_comm = bpf_get_current_comm().unwrap_or([0; 16]);
     // Threads name themselves per pool (JVM, Tomcat, Netty): the label wants the process, which
     // is its thread-group leader's name. The leader's own comm is already that.
-    let comm = if tgid == pid { thread_comm } else { leader_comm().unwrap_or(thread_comm) };
-    Owner { tgid, pid, cgroup_id: unsafe { bpf_get_current_cgroup_id() }, comm, thread_comm }
+    let comm = if tgid == pid {
+        thread_comm
+    } else {
+        leader_comm().unwrap_or(thread_comm)
+    };
+    Owner {
+        tgid,
+        pid,
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        comm,
+        thread_comm,
+    }
 }
 
 #[inline(always)]

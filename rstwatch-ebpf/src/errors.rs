@@ -6,7 +6,7 @@ use aya_ebpf::{
     helpers::generated::bpf_ktime_get_ns,
     programs::{BtfTracePointContext, TracePointContext},
 };
-use rstwatch_common::{AF_INET, AF_INET6, ErrorKey, EVENT_SOCKET_ERROR, FlowKey, Owner, SocketErrorEvent};
+use rstwatch_common::{AF_INET, AF_INET6, EVENT_SOCKET_ERROR, ErrorKey, FlowKey, Owner, SocketErrorEvent};
 
 use crate::{
     conn::Conns,
@@ -52,7 +52,11 @@ pub fn on_error_report(ctx: &TracePointContext) -> Option<()> {
     let (skaddr, owner, port) = match last_reset_on(&flow, now) {
         Some(last) if last.owner_known != 0 => (last.skaddr, last.owner, last.port),
         Some(last) => (last.skaddr, Owner::default(), last.port),
-        None => (0, Owner::default(), socket::guess_service_port(flow.local_port, flow.remote_port)),
+        None => (
+            0,
+            Owner::default(),
+            socket::guess_service_port(flow.local_port, flow.remote_port),
+        ),
     };
     socket_error(error, now, skaddr, owner, port);
     Some(())
@@ -86,7 +90,11 @@ fn wanted(error: i32) -> bool {
 
 #[inline(always)]
 fn socket_error(error: i32, now: u64, skaddr: u64, owner: Owner, port: u16) {
-    let key = ErrorKey { errno: error as u16, port, comm: owner.comm };
+    let key = ErrorKey {
+        errno: error as u16,
+        port,
+        comm: owner.comm,
+    };
     count_error(&key);
     emit_error(&SocketErrorEvent {
         kind: EVENT_SOCKET_ERROR,

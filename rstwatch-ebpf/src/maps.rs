@@ -1,14 +1,13 @@
 //! The maps shared with the daemon, and the per-event bookkeeping around them.
 
+use crate::{read::conf, words};
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use crate::{read::conf, words};
 use rstwatch_common::{
-    ConnInfo, CountKey, ErrorKey, FlowKey, ListenerKey, Owner, ResetEvent, SocketErrorEvent, extra_fact,
-    lost,
+    ConnInfo, CountKey, ErrorKey, FlowKey, ListenerKey, Owner, ResetEvent, SocketErrorEvent, extra_fact, lost,
 };
 
 /// Exact reset counts by classifier inputs and service port; summed over CPUs in userspace.
@@ -262,7 +261,9 @@ fn within_budget(now_ns: u64) -> bool {
     if limit == 0 {
         return true;
     }
-    let Some(budget) = BUDGET.get_ptr_mut(0) else { return true };
+    let Some(budget) = BUDGET.get_ptr_mut(0) else {
+        return true;
+    };
     let budget = unsafe { &mut *budget };
     let second = now_ns / 1_000_000_000;
     if budget.second != second {
@@ -308,7 +309,10 @@ pub fn count_error(key: &ErrorKey) {
         return;
     }
     bump_lost(lost::COUNT_MAP_FULL);
-    let fallback = ErrorKey { errno: key.errno, ..ErrorKey::default() };
+    let fallback = ErrorKey {
+        errno: key.errno,
+        ..ErrorKey::default()
+    };
     if let Some(value) = ERRORS_OTHER.get_ptr_mut(&fallback) {
         unsafe { *value += 1 };
     } else if ERRORS_OTHER.insert(&fallback, &1, BPF_ANY as u64).is_err() {
@@ -319,7 +323,9 @@ pub fn count_error(key: &ErrorKey) {
 /// Note the reset just counted for the socket error that may follow (classic programs).
 #[inline(always)]
 pub fn remember_last_reset(ev: &ResetEvent) {
-    let Some(last) = LAST_RESET.get_ptr_mut(flow_slot(ev.local_port, ev.remote_port)) else { return };
+    let Some(last) = LAST_RESET.get_ptr_mut(flow_slot(ev.local_port, ev.remote_port)) else {
+        return;
+    };
     let last = unsafe { &mut *last };
     last.flow = crate::reset::flow_of(ev);
     last.ts_ns = ev.ts_ns;
@@ -345,7 +351,9 @@ fn bump_lost(index: u32) {
 
 #[inline(always)]
 pub fn remember_last_receive(socket: u64, ts_ns: u64, key: &CountKey) {
-    let Some(last) = LAST_RECEIVE.get_ptr_mut(note_slot(socket)) else { return };
+    let Some(last) = LAST_RECEIVE.get_ptr_mut(note_slot(socket)) else {
+        return;
+    };
     let last = unsafe { &mut *last };
     last.socket = socket;
     last.ts_ns = ts_ns;

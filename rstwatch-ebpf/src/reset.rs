@@ -11,15 +11,15 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, ProbeContext, TracePointContext},
 };
 use rstwatch_common::{
-    ABSENT, DIRECTION_RECEIVED, DIRECTION_SENT, EVENT_RESET, FlowKey, REASON_NONE,
-    ResetEvent, STATE_NONE, event_flag, extra_fact, fact, tcp_state,
+    ABSENT, DIRECTION_RECEIVED, DIRECTION_SENT, EVENT_RESET, FlowKey, REASON_NONE, ResetEvent, STATE_NONE,
+    event_flag, extra_fact, fact, tcp_state,
 };
 
 use crate::{
     conn::Conns,
     maps::{
-        LAST_REJECT, REJECTED, count, emit, remember_last_receive,
-        remember_last_reset, take_last_receive, uncount,
+        LAST_REJECT, REJECTED, count, emit, remember_last_receive, remember_last_reset, take_last_receive,
+        uncount,
     },
     read::{Btf, Probe, conf, tp_field},
     segment, socket, words,
@@ -49,7 +49,11 @@ pub fn on_send_reset_btf(ctx: &BtfTracePointContext) -> Option<()> {
     let sk = ctx.arg::<*const c_void>(0) as u64;
     let skb = ctx.arg::<*const c_void>(1) as u64;
     // The tracepoint's own `state` is sk->sk_state, or 0 without a socket.
-    let state = if sk != 0 { socket::state::<Btf>(sk) } else { STATE_NONE };
+    let state = if sk != 0 {
+        socket::state::<Btf>(sk)
+    } else {
+        STATE_NONE
+    };
     // The verifier only allows constant context offsets; `reason` is the third argument since
     // 6.10 (on older kernels the daemon attaches the classic tracepoint instead).
     let reason = match conf!(btf_send_reason_arg) {
@@ -64,7 +68,11 @@ pub fn on_send_reset_btf(ctx: &BtfTracePointContext) -> Option<()> {
 pub fn on_send_reset_kprobe(ctx: &ProbeContext) -> Option<()> {
     let sk: u64 = ctx.arg::<*const c_void>(0)? as u64;
     let skb: u64 = ctx.arg::<*const c_void>(1)? as u64;
-    let state = if sk != 0 { socket::state::<Probe>(sk) } else { STATE_NONE };
+    let state = if sk != 0 {
+        socket::state::<Probe>(sk)
+    } else {
+        STATE_NONE
+    };
     if sk != 0 && state != tcp_state::TIME_WAIT && state != tcp_state::NEW_SYN_RECV {
         return None; // a full socket: the tracepoint has it
     }
@@ -171,7 +179,9 @@ fn receive_reset<K: Conns>(sk: u64, cookie: u64) -> Option<()> {
 /// Did the firewall reject anything within the injection window?
 #[inline(always)]
 fn recently_rejected(now_ns: u64) -> bool {
-    let Some(last) = LAST_REJECT.get(0) else { return true };
+    let Some(last) = LAST_REJECT.get(0) else {
+        return true;
+    };
     *last != 0 && now_ns.wrapping_sub(*last) <= INJECTED_WINDOW_NS
 }
 

@@ -22,7 +22,9 @@ pub fn is_reset<K: Kernel>(skb: u64) -> bool {
 #[inline(always)]
 pub fn describe_trigger<K: Kernel>(ev: &mut ResetEvent, skb: u64) {
     let data = K::read::<u64>(skb, conf!(skb_data));
-    let Some(tcp) = probe::<[u8; 16]>(data, 0) else { return };
+    let Some(tcp) = probe::<[u8; 16]>(data, 0) else {
+        return;
+    };
     let len = K::read::<u32>(skb, conf!(skb_len));
 
     let flags = tcp[13];

@@ -13,7 +13,11 @@ pub fn state<K: Kernel>(sk: u64) -> u8 {
 #[inline(always)]
 pub fn tw_substate<K: Kernel>(ev: &mut ResetEvent, sk: u64) -> u8 {
     let tw = K::timewait_sock(sk);
-    let substate = if tw != 0 { K::read::<u8>(tw, conf!(tw_substate)) } else { 0 };
+    let substate = if tw != 0 {
+        K::read::<u8>(tw, conf!(tw_substate))
+    } else {
+        0
+    };
     ev.tw_substate = substate;
     substate
 }
@@ -103,7 +107,11 @@ pub fn guess_service_port(local_port: u16, remote_port: u16) -> u16 {
     let low = conf!(ephemeral_port_low);
     let high = conf!(ephemeral_port_high);
     let ephemeral = |port: u16| port >= low && port <= high;
-    if ephemeral(local_port) && !ephemeral(remote_port) { remote_port } else { local_port }
+    if ephemeral(local_port) && !ephemeral(remote_port) {
+        remote_port
+    } else {
+        local_port
+    }
 }
 
 /// The life of a full TCP connection up to the reset: bytes, idle stamps, unread/unsent data,

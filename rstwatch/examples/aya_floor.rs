@@ -27,14 +27,21 @@ fn main() -> anyhow::Result<()> {
         .context("loading the eBPF object")?;
     let btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
     for (name, event) in BTF_PROGRAMS {
-        let program: &mut BtfTracePoint =
-            ebpf.program_mut(name).with_context(|| format!("no program {name}"))?.try_into()?;
-        program.load(event, &btf).with_context(|| format!("loading {name}"))?;
+        let program: &mut BtfTracePoint = ebpf
+            .program_mut(name)
+            .with_context(|| format!("no program {name}"))?
+            .try_into()?;
+        program
+            .load(event, &btf)
+            .with_context(|| format!("loading {name}"))?;
         program.attach().with_context(|| format!("attaching {name}"))?;
     }
     drop(btf);
     let status = std::fs::read_to_string("/proc/self/status")?;
-    for line in status.lines().filter(|l| l.starts_with("VmHWM") || l.starts_with("VmRSS")) {
+    for line in status
+        .lines()
+        .filter(|l| l.starts_with("VmHWM") || l.starts_with("VmRSS"))
+    {
         println!("{line}");
     }
     Ok(())

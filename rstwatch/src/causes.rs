@@ -290,7 +290,10 @@ impl Cause {
     }
 
     pub fn from_label(label: &str) -> Option<Cause> {
-        CAUSES.iter().find(|info| info.label == label).map(|info| info.cause)
+        CAUSES
+            .iter()
+            .find(|info| info.label == label)
+            .map(|info| info.cause)
     }
 }
 

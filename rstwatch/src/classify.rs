@@ -71,11 +71,13 @@ pub struct ResetFacts {
 
 impl ResetFacts {
     pub fn from_key(key: &CountKey, reason_name: impl Fn(u16) -> Option<String>) -> ResetFacts {
-        let direction =
-            if key.direction == DIRECTION_SENT { Direction::Sent } else { Direction::Received };
-        let reason = (key.reason != REASON_NONE).then(|| {
-            reason_name(key.reason).map_or(RstReason::Other, |name| RstReason::from_name(&name))
-        });
+        let direction = if key.direction == DIRECTION_SENT {
+            Direction::Sent
+        } else {
+            Direction::Received
+        };
+        let reason = (key.reason != REASON_NONE)
+            .then(|| reason_name(key.reason).map_or(RstReason::Other, |name| RstReason::from_name(&name)));
         ResetFacts {
             direction,
             reason,

@@ -211,7 +211,12 @@ pub fn summary(release: &str, how: &[(&'static str, ProbeStatus)], coverage: &Co
     if blind.is_empty() {
         text.push_str("\n  every cause is observable");
     } else {
-        let _ = write!(text, "\n  not (fully) observable here ({}):{}", blind.len(), blind.concat());
+        let _ = write!(
+            text,
+            "\n  not (fully) observable here ({}):{}",
+            blind.len(),
+            blind.concat()
+        );
     }
     text
 }
@@ -219,11 +224,13 @@ pub fn summary(release: &str, how: &[(&'static str, ProbeStatus)], coverage: &Co
 /// README's compatibility table.
 #[cfg(test)]
 pub fn markdown_table() -> String {
-    let mut out = String::from(
-        "| probe | hook | kernels | gives | when missing |\n|---|---|---|---|---|\n",
-    );
+    let mut out = String::from("| probe | hook | kernels | gives | when missing |\n|---|---|---|---|---|\n");
     for h in HOOKS {
-        let _ = writeln!(out, "| `{}` | {} | {} | {} | {} |", h.probe, h.kind, h.kernels, h.gives, h.when_missing);
+        let _ = writeln!(
+            out,
+            "| `{}` | {} | {} | {} | {} |",
+            h.probe, h.kind, h.kernels, h.gives, h.when_missing
+        );
     }
     out
 }
@@ -232,11 +239,19 @@ pub fn markdown_table() -> String {
 mod tests {
     use super::*;
 
-    const ALL_TRACEPOINTS: [&str; 5] =
-        ["tcp_send_reset", "tcp_receive_reset", "inet_sock_set_state", "inet_sk_error_report", "kfree_skb"];
+    const ALL_TRACEPOINTS: [&str; 5] = [
+        "tcp_send_reset",
+        "tcp_receive_reset",
+        "inet_sock_set_state",
+        "inet_sk_error_report",
+        "kfree_skb",
+    ];
 
     fn coverage(attached: &[&'static str], reasons: &[RstReason]) -> Coverage {
-        Coverage { attached: attached.iter().copied().collect(), reasons: reasons.iter().copied().collect() }
+        Coverage {
+            attached: attached.iter().copied().collect(),
+            reasons: reasons.iter().copied().collect(),
+        }
     }
 
     fn blind(c: &Coverage) -> Vec<String> {
@@ -251,9 +266,24 @@ mod tests {
     fn reasons_of_6_12() -> Vec<RstReason> {
         use RstReason::*;
         vec![
-            NotSpecified, NoSocket, InvalidAckSequence, Rfc7323Paws, TooOldAck, AckUnsentData, Flags,
-            OldAck, AbortOnData, TimewaitSocket, InvalidSyn, AbortOnClose, AbortOnLinger, AbortOnMemory,
-            State, KeepaliveTimeout, DisconnectWithData, Other,
+            NotSpecified,
+            NoSocket,
+            InvalidAckSequence,
+            Rfc7323Paws,
+            TooOldAck,
+            AckUnsentData,
+            Flags,
+            OldAck,
+            AbortOnData,
+            TimewaitSocket,
+            InvalidSyn,
+            AbortOnClose,
+            AbortOnLinger,
+            AbortOnMemory,
+            State,
+            KeepaliveTimeout,
+            DisconnectWithData,
+            Other,
         ]
     }
 
@@ -298,7 +328,17 @@ mod tests {
         use RstReason::*;
         let reasons: Vec<_> = reasons_of_6_12()
             .into_iter()
-            .filter(|r| !matches!(r, AbortOnClose | AbortOnLinger | AbortOnMemory | State | KeepaliveTimeout | DisconnectWithData))
+            .filter(|r| {
+                !matches!(
+                    r,
+                    AbortOnClose
+                        | AbortOnLinger
+                        | AbortOnMemory
+                        | State
+                        | KeepaliveTimeout
+                        | DisconnectWithData
+                )
+            })
             .collect();
         let c = coverage(&ALL_TRACEPOINTS, &reasons);
         // INVALID_SYN is there, and the active causes come from the socket facts.
@@ -307,7 +347,10 @@ mod tests {
 
     #[test]
     fn old_kernels_without_drop_reasons_or_error_reports() {
-        let c = coverage(&["tcp_send_reset", "tcp_receive_reset", "inet_sock_set_state"], &reasons_of_6_12());
+        let c = coverage(
+            &["tcp_send_reset", "tcp_receive_reset", "inet_sock_set_state"],
+            &reasons_of_6_12(),
+        );
         assert_eq!(blind(&c), ["received/injected"]);
     }
 
@@ -315,16 +358,28 @@ mod tests {
     fn summary_names_every_hook_and_each_blind_spot() {
         let how = vec![
             ("tcp_send_reset", ProbeStatus::Attached("tracepoint")),
-            ("tcp_v4_send_reset", ProbeStatus::Missing("kprobes are not available".to_string())),
+            (
+                "tcp_v4_send_reset",
+                ProbeStatus::Missing("kprobes are not available".to_string()),
+            ),
             ("tcp_v6_send_reset", ProbeStatus::NotNeeded("for the test")),
         ];
         let text = summary("6.1.0-test", &how, &coverage(&ALL_TRACEPOINTS, &[]));
         for hook in HOOKS {
             assert!(text.contains(hook.probe), "{text}");
         }
-        assert!(text.contains("tcp_send_reset       attached (tracepoint)"), "{text}");
-        assert!(text.contains("not observable): kprobes are not available"), "{text}");
-        assert!(text.contains("tcp_v6_send_reset    not needed: for the test"), "{text}");
+        assert!(
+            text.contains("tcp_send_reset       attached (tracepoint)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("not observable): kprobes are not available"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tcp_v6_send_reset    not needed: for the test"),
+            "{text}"
+        );
         assert!(text.contains("sent/no_listener: before 6.10"), "{text}");
         assert!(text.contains("not (fully) observable here (5)"), "{text}");
     }

@@ -49,7 +49,10 @@ pub struct LabelCap<K> {
 
 impl<K: std::hash::Hash + Eq + Clone> LabelCap<K> {
     pub fn new(max: usize) -> Self {
-        LabelCap { max, known: HashMap::new() }
+        LabelCap {
+            max,
+            known: HashMap::new(),
+        }
     }
 
     /// The label for `value` (rendered by `render` the first time), and whether the cap made it
@@ -93,7 +96,11 @@ pub(crate) struct Memo<K, L> {
 
 impl<K, L> Default for Memo<K, L> {
     fn default() -> Self {
-        Memo { by_key: HashMap::default(), series: Vec::new(), index: HashMap::new() }
+        Memo {
+            by_key: HashMap::default(),
+            series: Vec::new(),
+            index: HashMap::new(),
+        }
     }
 }
 
@@ -138,8 +145,11 @@ impl Labels {
         if let Some((known, _)) = self.errors.get(key) {
             return known;
         }
-        let labels =
-            ErrorLabels { errno: errno_name(key.errno), comm: self.comm(&key.comm, true).0, port: self.port(key.port).0 };
+        let labels = ErrorLabels {
+            errno: errno_name(key.errno),
+            comm: self.comm(&key.comm, true).0,
+            port: self.port(key.port).0,
+        };
         self.errors.insert(*key, labels, [false; 2]).0
     }
 
@@ -231,8 +241,15 @@ pub fn read_series<const N: usize>(
         })
         .context("reading the in-kernel reset counters")?;
     }
-    let series = totals.into_iter().map(|(series, total)| (labels.resets.series[series].clone(), total)).collect();
-    Ok((series, Overflow::from([("port", port_overflow), ("comm", comm_overflow)]), entries))
+    let series = totals
+        .into_iter()
+        .map(|(series, total)| (labels.resets.series[series].clone(), total))
+        .collect();
+    Ok((
+        series,
+        Overflow::from([("port", port_overflow), ("comm", comm_overflow)]),
+        entries,
+    ))
 }
 
 /// Totals of the kernel's socket-error maps (ERRORS, then ERRORS_OTHER), by series; and how many
@@ -250,7 +267,10 @@ pub fn read_errors<const N: usize>(
         })
         .context("reading the in-kernel socket-error counters")?;
     }
-    let series = totals.into_iter().map(|(series, total)| (labels.errors.series[series].clone(), total)).collect();
+    let series = totals
+        .into_iter()
+        .map(|(series, total)| (labels.errors.series[series].clone(), total))
+        .collect();
     Ok((series, entries))
 }
 
@@ -269,7 +289,9 @@ pub fn read_lost(lost_map: &PerCpuArray<MapData, u64>) -> anyhow::Result<Vec<(&'
     LOST_STAGES
         .iter()
         .map(|(index, stage)| {
-            let per_cpu = lost_map.get(index, 0).context("reading the in-kernel loss counters")?;
+            let per_cpu = lost_map
+                .get(index, 0)
+                .context("reading the in-kernel loss counters")?;
             Ok((*stage, per_cpu.iter().sum()))
         })
         .collect()
@@ -306,7 +328,10 @@ mod tests {
         assert_eq!(memo.insert(1, "a", [false, true]), (0, [false, true]));
         assert_eq!(memo.insert(2, "b", [false; 2]), (1, [false; 2]));
         assert_eq!(memo.insert(3, "a", [true, false]), (0, [true, false]));
-        assert_eq!((memo.get(&1), memo.get(&3)), (Some((0, [false, true])), Some((0, [true, false]))));
+        assert_eq!(
+            (memo.get(&1), memo.get(&3)),
+            (Some((0, [false, true])), Some((0, [true, false])))
+        );
         assert_eq!(memo.series, ["a", "b"]);
     }
 }

@@ -14,15 +14,16 @@ use rstwatch_common::{CountKey, ErrorKey};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    attribution, compat,
-    counts::{self, Classifier, Labels},
+    attribution,
     causes::Cause,
+    compat,
+    counts::{self, Classifier, Labels},
     events::{self, Observation},
     http::{self, Exporter},
     metrics::Metrics,
     output::{self, RateLimiter, WallClock},
-    prog_stats,
     probes::AttachedProgram,
+    prog_stats,
     session::{KernelArgs, Session},
 };
 
@@ -63,11 +64,21 @@ impl Shared {
 impl Exporter for Shared {
     fn metrics(&self) -> anyhow::Result<Vec<u8>> {
         let mut counters = self.lock()?;
-        let Counters { metrics, counts, counts_other, errors, errors_other, lost, classifier, labels, programs } =
-            &mut *counters;
+        let Counters {
+            metrics,
+            counts,
+            counts_other,
+            errors,
+            errors_other,
+            lost,
+            classifier,
+            labels,
+            programs,
+        } = &mut *counters;
         let (resets, overflow, [count_entries, other_entries]) =
             counts::read_series([counts, counts_other], classifier, labels)?;
-        let (errors, [error_entries, other_error_entries]) = counts::read_errors([errors, errors_other], labels)?;
+        let (errors, [error_entries, other_error_entries]) =
+            counts::read_errors([errors, errors_other], labels)?;
         metrics.set_map_entries("counts", count_entries);
         metrics.set_map_entries("counts_other", other_entries);
         metrics.set_map_entries("errors_other", other_error_entries);
@@ -132,7 +143,16 @@ pub async fn run(options: RunOptions, loader: aya::EbpfLoader<'static>) -> anyho
         metrics.set_map_capacity(map, *capacity);
     }
     let decoder = session.decoder(attribution.clone());
-    let Session { mut probes, counts, counts_other, errors, errors_other, lost, ring, .. } = session;
+    let Session {
+        mut probes,
+        counts,
+        counts_other,
+        errors,
+        errors_other,
+        lost,
+        ring,
+        ..
+    } = session;
     let shared = Arc::new(Shared(Mutex::new(Counters {
         metrics,
         counts,
@@ -156,37 +176,43 @@ pub async fn run(options: RunOptions, loader: aya::EbpfLoader<'static>) -> anyho
     let clock = WallClock::now();
     let mut limiter = RateLimiter::new(options.events_per_cause_per_second);
     let reader_shared = shared.clone();
-    let reader = tokio::spawn(events::read_events(ring, decoder, move |observations: Vec<Observation>, decode_errors| {
-        let counters = reader_shared.lock()?;
-        if decode_errors > 0 {
-            warn!("{decode_errors} malformed event records (daemon and eBPF object out of step?)");
-            counters.metrics.count_decode_errors(decode_errors);
-        }
-        for observation in &observations {
-            let (cause, monotonic_ns) = match observation {
-                Observation::Reset(reset) => {
-                    log::debug!("{reset}");
-                    counters.metrics.observe(reset);
-                    (reset.cause, reset.monotonic_ns)
-                }
-                // An application error shares the budget of the reset that caused it.
-                Observation::SocketError(error) => {
-                    (error.reset.map_or(Cause::Other, |(_, cause, _)| cause), error.monotonic_ns)
-                }
-            };
-            if let Some(writer) = event_writer.as_mut() {
-                if limiter.allow(cause, monotonic_ns) {
-                    writeln!(writer, "{}", output::json_line(observation, &clock)).context("writing an event")?;
-                } else {
-                    counters.metrics.count_rate_limited(cause);
+    let reader = tokio::spawn(events::read_events(
+        ring,
+        decoder,
+        move |observations: Vec<Observation>, decode_errors| {
+            let counters = reader_shared.lock()?;
+            if decode_errors > 0 {
+                warn!("{decode_errors} malformed event records (daemon and eBPF object out of step?)");
+                counters.metrics.count_decode_errors(decode_errors);
+            }
+            for observation in &observations {
+                let (cause, monotonic_ns) = match observation {
+                    Observation::Reset(reset) => {
+                        log::debug!("{reset}");
+                        counters.metrics.observe(reset);
+                        (reset.cause, reset.monotonic_ns)
+                    }
+                    // An application error shares the budget of the reset that caused it.
+                    Observation::SocketError(error) => (
+                        error.reset.map_or(Cause::Other, |(_, cause, _)| cause),
+                        error.monotonic_ns,
+                    ),
+                };
+                if let Some(writer) = event_writer.as_mut() {
+                    if limiter.allow(cause, monotonic_ns) {
+                        writeln!(writer, "{}", output::json_line(observation, &clock))
+                            .context("writing an event")?;
+                    } else {
+                        counters.metrics.count_rate_limited(cause);
+                    }
                 }
             }
-        }
-        if let Some(writer) = event_writer.as_mut() {
-            writer.flush().context("writing events")?;
-        }
-        Ok(())
-    }));
+            if let Some(writer) = event_writer.as_mut() {
+                writer.flush().context("writing events")?;
+            }
+            Ok(())
+        },
+    ));
 
     tokio::select! {
         _ = terminate.recv() => info!("SIGTERM: detaching and exiting"),

@@ -3,8 +3,8 @@
 
 use std::{
     collections::VecDeque,
-    sync::Arc,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
     time::Duration,
 };
 
@@ -20,7 +20,7 @@ use crate::{
     causes::{Cause, Direction},
     classify::{classify, state_label},
     counts::Classifier,
-    pairing::{PeerEnd, Pairer},
+    pairing::{Pairer, PeerEnd},
 };
 
 /// One reset, as the daemon reports it.
@@ -171,7 +171,9 @@ impl Decoder {
         Reset {
             direction: facts.direction,
             cause: classify(&facts),
-            reason: facts.reason.and_then(|_| self.classifier.reason_names.get(&ev.key.reason).cloned()),
+            reason: facts
+                .reason
+                .and_then(|_| self.classifier.reason_names.get(&ev.key.reason).cloned()),
             state: state_label(facts.state_before()),
             local: socket_addr(ev.family, &ev.local_addr, ev.local_port),
             remote: socket_addr(ev.family, &ev.remote_addr, ev.remote_port),
@@ -230,7 +232,9 @@ const LINK_MAX: usize = 4096;
 
 impl Linker {
     pub fn new() -> Linker {
-        Linker { recent: VecDeque::new() }
+        Linker {
+            recent: VecDeque::new(),
+        }
     }
 
     pub fn remember(&mut self, reset: &Reset) {
@@ -240,7 +244,8 @@ impl Linker {
         if self.recent.len() >= LINK_MAX {
             self.recent.pop_front();
         }
-        self.recent.push_back((reset.skaddr, reset.monotonic_ns, reset.direction, reset.cause));
+        self.recent
+            .push_back((reset.skaddr, reset.monotonic_ns, reset.direction, reset.cause));
     }
 
     fn find(&self, skaddr: u64, ts_ns: u64) -> Option<(Direction, Cause, u64)> {
@@ -273,7 +278,9 @@ const HOLD_NS: u64 = 50_000_000;
 
 impl FalseReceiveFilter {
     pub fn new() -> Self {
-        FalseReceiveFilter { held: VecDeque::new() }
+        FalseReceiveFilter {
+            held: VecDeque::new(),
+        }
     }
 
     /// Feed one record; appends the records now known to be real, in order.
@@ -395,7 +402,10 @@ fn drain(ring: &mut RingBuf<MapData>, filter: &mut FalseReceiveFilter, ready: &m
 
 /// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
@@ -403,7 +413,8 @@ pub fn monotonic_ns() -> u64 {
 /// A record from ring-buffer bytes; None if its kind or size is not ours (a build mismatch).
 pub fn from_bytes(bytes: &[u8]) -> Option<Record> {
     fn read<T>(bytes: &[u8]) -> Option<T> {
-        (bytes.len() >= size_of::<T>()).then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+        (bytes.len() >= size_of::<T>())
+            .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
     }
     match read::<u32>(bytes)? {
         EVENT_RESET => read(bytes).map(Record::Reset),

@@ -15,9 +15,9 @@ use crate::{
     causes::CAUSES,
     counts::Classifier,
     events::{self, Decoder, FalseReceiveFilter, Linker, Observation, Record},
-    pairing::{self, Pairer},
     kernel::{self, tracefs},
     output::{self, RateLimiter, WallClock},
+    pairing::{self, Pairer},
 };
 
 const FIXTURES: [&str; 7] = [
@@ -33,9 +33,16 @@ const FIXTURES: [&str; 7] = [
 /// `cases` per target, or `$RSTWATCH_FUZZ_CASES` for a longer run
 /// (`RSTWATCH_FUZZ_CASES=200000 cargo test --release -p rstwatch fuzz`).
 fn config(cases: u32) -> ProptestConfig {
-    let cases = std::env::var("RSTWATCH_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(cases);
+    let cases = std::env::var("RSTWATCH_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(cases);
     // No regression files written into the source tree: a failure prints its minimal input.
-    ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
+    ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -45,12 +52,54 @@ fn config(cases: u32) -> ProptestConfig {
 /// of failing at the first line.
 fn format_token() -> impl Strategy<Value = String> {
     let fixed = prop::sample::select(vec![
-        "name:", "ID:", "format:", "\tfield:", "print fmt:", "\n", "\t", ";", ":", " ", "[", "]", "[]",
-        "offset:", "size:", "signed:", "int ", "unsigned short ", "const void * ", "__u8 ", "char ",
-        "__data_loc char[] ", "enum sk_rst_reason ", "saddr[28]", "name[sizeof(struct sockaddr_in6)]",
-        "skaddr", "reason", "state", "protocol", "\"", "\\", "{", "}", ",", "(", ")", "REC->reason",
-        "__print_symbolic(", "{ 1, \"NO_SOCKET\" }", "0x", "-", "4294967296", "18446744073709551616",
-        "-1", "0", "8", "é", "\u{0}",
+        "name:",
+        "ID:",
+        "format:",
+        "\tfield:",
+        "print fmt:",
+        "\n",
+        "\t",
+        ";",
+        ":",
+        " ",
+        "[",
+        "]",
+        "[]",
+        "offset:",
+        "size:",
+        "signed:",
+        "int ",
+        "unsigned short ",
+        "const void * ",
+        "__u8 ",
+        "char ",
+        "__data_loc char[] ",
+        "enum sk_rst_reason ",
+        "saddr[28]",
+        "name[sizeof(struct sockaddr_in6)]",
+        "skaddr",
+        "reason",
+        "state",
+        "protocol",
+        "\"",
+        "\\",
+        "{",
+        "}",
+        ",",
+        "(",
+        ")",
+        "REC->reason",
+        "__print_symbolic(",
+        "{ 1, \"NO_SOCKET\" }",
+        "0x",
+        "-",
+        "4294967296",
+        "18446744073709551616",
+        "-1",
+        "0",
+        "8",
+        "é",
+        "\u{0}",
     ])
     .prop_map(str::to_string);
     prop_oneof![4 => fixed, 1 => "[0-9]{1,25}", 1 => any::<String>()]
@@ -74,8 +123,22 @@ fn edit() -> impl Strategy<Value = Edit> {
         (any::<usize>(), 0usize..40).prop_map(|(at, len)| Edit::Delete { at, len }),
         (any::<usize>(), format_token()).prop_map(|(at, text)| Edit::Insert { at, text }),
         any::<usize>().prop_map(|line| Edit::DuplicateLine { line }),
-        (any::<usize>(), prop::sample::select(vec!["", "-1", "65536", "4294967295", "4294967296", "99999999999999999999", "x"]))
-            .prop_map(|(nth, with)| Edit::SwapNumber { nth, with: with.to_string() }),
+        (
+            any::<usize>(),
+            prop::sample::select(vec![
+                "",
+                "-1",
+                "65536",
+                "4294967295",
+                "4294967296",
+                "99999999999999999999",
+                "x"
+            ])
+        )
+            .prop_map(|(nth, with)| Edit::SwapNumber {
+                nth,
+                with: with.to_string()
+            }),
     ]
 }
 
@@ -141,8 +204,15 @@ fn check_format(text: &str) {
     };
     assert!(!format.fields.is_empty(), "accepted a format without fields");
     for field in &format.fields {
-        assert!(!field.name.is_empty() && !field.c_type.is_empty(), "empty name or type in {field:?}");
-        assert!(field.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "odd field name {:?}", field.name);
+        assert!(
+            !field.name.is_empty() && !field.c_type.is_empty(),
+            "empty name or type in {field:?}"
+        );
+        assert!(
+            field.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "odd field name {:?}",
+            field.name
+        );
     }
     for name in ["reason", "state", "x", ""] {
         for (_, symbol) in tracefs::symbolic_values(&format.print_fmt, name) {
@@ -160,9 +230,15 @@ fn check_format(text: &str) {
 #[test]
 fn declarations_with_non_ascii_characters() {
     assert!(tracefs::parse_format("name: x\nID: 1\n\tfield:ೠ").is_err());
-    let format = tracefs::parse_format("name: x\nID: 1\n\tfield:intೠ x;\toffset:8;\tsize:4;\tsigned:1;\n").unwrap();
-    assert_eq!((format.fields[0].c_type.as_str(), format.fields[0].name.as_str()), ("intೠ", "x"));
-    assert!(tracefs::parse_format("name: x\nID: 1\n\tfield:int é;\toffset:8;\tsize:4;\tsigned:1;\n").is_err());
+    let format =
+        tracefs::parse_format("name: x\nID: 1\n\tfield:intೠ x;\toffset:8;\tsize:4;\tsigned:1;\n").unwrap();
+    assert_eq!(
+        (format.fields[0].c_type.as_str(), format.fields[0].name.as_str()),
+        ("intೠ", "x")
+    );
+    assert!(
+        tracefs::parse_format("name: x\nID: 1\n\tfield:int é;\toffset:8;\tsize:4;\tsigned:1;\n").is_err()
+    );
 }
 
 proptest! {
@@ -205,9 +281,21 @@ fn record_bytes(kind: u32, size: usize) -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn decoder(hz: u32) -> Decoder {
-    let reasons = tracefs::symbolic_values(&tracefs::parse_format(FIXTURES[0]).expect("fixture parses").print_fmt, "reason");
-    let reason_names = reasons.into_iter().map(|(value, name)| (value as u16, name)).collect();
-    Decoder { classifier: Classifier { reason_names }, hz, attribution: None }
+    let reasons = tracefs::symbolic_values(
+        &tracefs::parse_format(FIXTURES[0])
+            .expect("fixture parses")
+            .print_fmt,
+        "reason",
+    );
+    let reason_names = reasons
+        .into_iter()
+        .map(|(value, name)| (value as u16, name))
+        .collect();
+    Decoder {
+        classifier: Classifier { reason_names },
+        hz,
+        attribution: None,
+    }
 }
 
 fn hz() -> impl Strategy<Value = u32> {
@@ -358,7 +446,11 @@ fn extreme_timestamps_format() {
         ev.now_jiffies = u32::MAX;
         ev.lsndtime = 1;
         let reset = decoder.decode(&ev);
-        check_observation(&Observation::Reset(reset), &WallClock::now(), &mut RateLimiter::new(1));
+        check_observation(
+            &Observation::Reset(reset),
+            &WallClock::now(),
+            &mut RateLimiter::new(1),
+        );
     }
 }
 
@@ -373,7 +465,14 @@ fn hex(len: std::ops::Range<usize>) -> impl Strategy<Value = String> {
 /// A pod UID as kubelet writes it (dashes or underscores, any case), or something close to one.
 fn uid() -> impl Strategy<Value = String> {
     prop_oneof![
-        (hex(8..9), hex(4..5), hex(4..5), hex(4..5), hex(12..13), prop::sample::select(vec!["-", "_"]))
+        (
+            hex(8..9),
+            hex(4..5),
+            hex(4..5),
+            hex(4..5),
+            hex(12..13),
+            prop::sample::select(vec!["-", "_"])
+        )
             .prop_map(|(a, b, c, d, e, sep)| [a, b, c, d, e].join(sep)),
         hex(30..35),
         "[0-9a-f_-]{0,40}",
@@ -387,14 +486,49 @@ fn container_id() -> impl Strategy<Value = String> {
 /// One path segment: the shapes runtimes and kubelet create, and noise.
 fn segment() -> impl Strategy<Value = String> {
     let fixed = prop::sample::select(vec![
-        "kubepods", "kubepods.slice", "kubepods-burstable.slice", "kubepods-besteffort.slice", "burstable",
-        "besteffort", "docker", "system.slice", "kubelet.slice", "kubelet-kubepods.slice", "container", ".",
-        "..", "", "pod", ".slice", ".scope", "-", "crio-conmon-", "kubepods-", "é", ":", "0::",
+        "kubepods",
+        "kubepods.slice",
+        "kubepods-burstable.slice",
+        "kubepods-besteffort.slice",
+        "burstable",
+        "besteffort",
+        "docker",
+        "system.slice",
+        "kubelet.slice",
+        "kubelet-kubepods.slice",
+        "container",
+        ".",
+        "..",
+        "",
+        "pod",
+        ".slice",
+        ".scope",
+        "-",
+        "crio-conmon-",
+        "kubepods-",
+        "é",
+        ":",
+        "0::",
     ])
     .prop_map(str::to_string);
-    let prefix = prop::sample::select(vec!["cri-containerd-", "nerdctl-", "crio-", "docker-", "libpod-", "libpod-conmon-", ""]);
+    let prefix = prop::sample::select(vec![
+        "cri-containerd-",
+        "nerdctl-",
+        "crio-",
+        "docker-",
+        "libpod-",
+        "libpod-conmon-",
+        "",
+    ]);
     let suffix = prop::sample::select(vec![".scope", "", ".slice"]);
-    let qos = prop::sample::select(vec!["kubepods-", "kubepods-burstable-", "kubepods-besteffort-", "kubelet-kubepods-", "x-", ""]);
+    let qos = prop::sample::select(vec![
+        "kubepods-",
+        "kubepods-burstable-",
+        "kubepods-besteffort-",
+        "kubelet-kubepods-",
+        "x-",
+        "",
+    ]);
     prop_oneof![
         3 => fixed,
         3 => (prefix, container_id(), suffix).prop_map(|(p, id, s)| format!("{p}{id}{s}")),
@@ -404,18 +538,37 @@ fn segment() -> impl Strategy<Value = String> {
 }
 
 fn cgroup_path() -> impl Strategy<Value = String> {
-    let prefix = prop::sample::select(vec!["", "0::", "12:memory:", "1:name=systemd:", "x:y:", "::", "12:"]);
-    (prefix, prop::collection::vec(segment(), 0..12), any::<bool>())
-        .prop_map(|(prefix, segments, leading)| format!("{prefix}{}{}", if leading { "/" } else { "" }, segments.join("/")))
+    let prefix = prop::sample::select(vec![
+        "",
+        "0::",
+        "12:memory:",
+        "1:name=systemd:",
+        "x:y:",
+        "::",
+        "12:",
+    ]);
+    (prefix, prop::collection::vec(segment(), 0..12), any::<bool>()).prop_map(
+        |(prefix, segments, leading)| {
+            format!("{prefix}{}{}", if leading { "/" } else { "" }, segments.join("/"))
+        },
+    )
 }
 
 fn check_container(container: &cgroup::Container) {
     let id = &container.container_id;
-    assert!(id.len() == 64 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')), "container id {id:?}");
+    assert!(
+        id.len() == 64 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+        "container id {id:?}"
+    );
     if let Some(uid) = &container.pod_uid {
         let groups: Vec<usize> = uid.split('-').map(str::len).collect();
-        let hex = uid.bytes().all(|b| b == b'-' || matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        assert!(hex && (groups == [8, 4, 4, 4, 12] || groups == [32]), "pod uid {uid:?}");
+        let hex = uid
+            .bytes()
+            .all(|b| b == b'-' || matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        assert!(
+            hex && (groups == [8, 4, 4, 4, 12] || groups == [32]),
+            "pod uid {uid:?}"
+        );
     }
     let _ = container.to_string();
 }

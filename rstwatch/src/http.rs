@@ -39,14 +39,20 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 
 pub async fn serve(listener: TcpListener, exporter: Arc<dyn Exporter>) -> anyhow::Result<()> {
     loop {
-        let (stream, peer) = listener.accept().await.context("accepting a metrics connection")?;
+        let (stream, peer) = listener
+            .accept()
+            .await
+            .context("accepting a metrics connection")?;
         let exporter = exporter.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let exporter = exporter.clone();
                 async move { Ok::<_, Infallible>(respond(&request, exporter.as_ref())) }
             });
-            if let Err(err) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+            if let Err(err) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
                 debug!("metrics connection from {peer}: {err}");
             }
         });

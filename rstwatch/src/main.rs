@@ -27,7 +27,10 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(version, about = "Explains every TCP reset on this host: who, when in the connection's life, and why.")]
+#[command(
+    version,
+    about = "Explains every TCP reset on this host: who, when in the connection's life, and why."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -92,8 +95,14 @@ fn parse_metrics_addr(text: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return Ok(addr);
     }
-    let hint = "expected IP:PORT, e.g. 127.0.0.1:9977, 0.0.0.0:9977 or [::1]:9977 (host names are not resolved)";
-    let ip = |host: &str| host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok();
+    let hint =
+        "expected IP:PORT, e.g. 127.0.0.1:9977, 0.0.0.0:9977 or [::1]:9977 (host names are not resolved)";
+    let ip = |host: &str| {
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok()
+    };
     match text.rsplit_once(':') {
         Some((host, port)) if ip(host) && port.parse::<u16>().is_err() => {
             Err(format!("port {port:?} is not a number from 0 to 65535; {hint}"))
@@ -155,7 +164,10 @@ fn parse_args() -> Result<Cli, ExitCode> {
         Ok(cli) => Ok(cli),
         Err(err) if !err.use_stderr() => err.exit(),
         Err(err) => {
-            eprintln!("rstwatch: error: {} (see rstwatch --help)", one_line(&err.render().to_string()));
+            eprintln!(
+                "rstwatch: error: {} (see rstwatch --help)",
+                one_line(&err.render().to_string())
+            );
             Err(ExitCode::from(2))
         }
     }
@@ -184,7 +196,11 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     // The daemon narrates its start-up; trace keeps the terminal for resets.
-    let default_level = if matches!(cli.command, Command::Run { .. }) { "info" } else { "warn" };
+    let default_level = if matches!(cli.command, Command::Run { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level)).init();
     // `probes::loader()` parses the kernel's whole BTF (aya's `EbpfLoader::new`), the daemon's
     // peak memory: it is called before the async runtime starts, while the process is smallest.

@@ -51,7 +51,10 @@ pub fn for_each_total<K: Pod>(
     }
     for entry in map.iter() {
         let (key, per_cpu) = entry?;
-        each(key, per_cpu.iter().fold(0u64, |sum, value| sum.wrapping_add(*value)));
+        each(
+            key,
+            per_cpu.iter().fold(0u64, |sum, value| sum.wrapping_add(*value)),
+        );
     }
     Ok(())
 }
@@ -63,7 +66,8 @@ enum BatchError {
 }
 
 fn lookup_batches<K: Pod>(map: &MapData, each: &mut impl FnMut(K, u64)) -> Result<(), BatchError> {
-    let cpus = aya::util::nr_cpus().map_err(|(what, err)| BatchError::Other(anyhow::anyhow!("{what}: {err}")))?;
+    let cpus =
+        aya::util::nr_cpus().map_err(|(what, err)| BatchError::Other(anyhow::anyhow!("{what}: {err}")))?;
     // SAFETY: K is Pod: plain bytes, for which all zeroes is a value.
     let mut keys: Vec<K> = vec![unsafe { std::mem::zeroed() }; BATCH];
     // Per-CPU values come as one 8-byte-aligned slot per possible CPU.
@@ -83,7 +87,12 @@ fn lookup_batches<K: Pod>(map: &MapData, each: &mut impl FnMut(K, u64)) -> Resul
         };
         // SAFETY: the buffers hold `count` keys and `count * cpus` values and outlive the call.
         let ret = unsafe {
-            libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &mut attr as *mut BatchAttr, size_of::<BatchAttr>() as u32)
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &mut attr as *mut BatchAttr,
+                size_of::<BatchAttr>() as u32,
+            )
         };
         let errno = (ret < 0).then(std::io::Error::last_os_error);
         // ENOENT: the last batch (possibly with keys in it).
@@ -93,10 +102,19 @@ fn lookup_batches<K: Pod>(map: &MapData, each: &mut impl FnMut(K, u64)) -> Resul
             if first && matches!(code, libc::EINVAL | ENOTSUPP | libc::EOPNOTSUPP) {
                 return Err(BatchError::Unsupported);
             }
-            return Err(BatchError::Other(anyhow::Error::new(err).context("BPF_MAP_LOOKUP_BATCH")));
+            return Err(BatchError::Other(
+                anyhow::Error::new(err).context("BPF_MAP_LOOKUP_BATCH"),
+            ));
         }
-        for (key, per_cpu) in keys.iter().zip(values.chunks_exact(cpus)).take(attr.count as usize) {
-            each(*key, per_cpu.iter().fold(0u64, |sum, value| sum.wrapping_add(*value)));
+        for (key, per_cpu) in keys
+            .iter()
+            .zip(values.chunks_exact(cpus))
+            .take(attr.count as usize)
+        {
+            each(
+                *key,
+                per_cpu.iter().fold(0u64, |sum, value| sum.wrapping_add(*value)),
+            );
         }
         if done {
             return Ok(());

@@ -38,90 +38,167 @@ pub struct Metrics {
 }
 
 const RESET_LABELS: [&str; 5] = ["direction", "cause", "state", "port", "comm"];
-const RESET_LABELS_KUBERNETES: [&str; 8] =
-    ["direction", "cause", "state", "port", "comm", "namespace", "pod", "container"];
+const RESET_LABELS_KUBERNETES: [&str; 8] = [
+    "direction",
+    "cause",
+    "state",
+    "port",
+    "comm",
+    "namespace",
+    "pod",
+    "container",
+];
 
 /// From "just reused a pooled connection" to "an idle NAT mapping of an hour".
-const IDLE_BUCKETS: &[f64] = &[0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0];
-const AGE_BUCKETS: &[f64] = &[0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0];
+const IDLE_BUCKETS: &[f64] = &[
+    0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0,
+];
+const AGE_BUCKETS: &[f64] = &[
+    0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0,
+];
 
 impl Metrics {
     /// `kubernetes`: `rstwatch_resets_total` also has `namespace`, `pod` and `container` labels.
     pub fn new(kernel_release: &str, kubernetes: bool) -> anyhow::Result<Metrics> {
         let registry = Registry::new();
         let resets = IntCounterVec::new(
-            Opts::new("rstwatch_resets_total", "TCP resets on this host, by direction, cause, local TCP state before the reset, and service port."),
-            if kubernetes { &RESET_LABELS_KUBERNETES } else { &RESET_LABELS[..] },
+            Opts::new(
+                "rstwatch_resets_total",
+                "TCP resets on this host, by direction, cause, local TCP state before the reset, and service port.",
+            ),
+            if kubernetes {
+                &RESET_LABELS_KUBERNETES
+            } else {
+                &RESET_LABELS[..]
+            },
         )?;
         let idle = HistogramVec::new(
-            HistogramOpts::new("rstwatch_reset_idle_seconds", "Time since the connection last received a segment from the peer, at the reset.")
-                .buckets(IDLE_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "rstwatch_reset_idle_seconds",
+                "Time since the connection last received a segment from the peer, at the reset.",
+            )
+            .buckets(IDLE_BUCKETS.to_vec()),
             &["direction", "cause"],
         )?;
         let age = HistogramVec::new(
-            HistogramOpts::new("rstwatch_reset_connection_age_seconds", "Age of the connection at the reset (connections opened while rstwatch ran).")
-                .buckets(AGE_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "rstwatch_reset_connection_age_seconds",
+                "Age of the connection at the reset (connections opened while rstwatch ran).",
+            )
+            .buckets(AGE_BUCKETS.to_vec()),
             &["direction", "cause"],
         )?;
         let lost = IntCounterVec::new(
-            Opts::new("rstwatch_events_lost_total", "Reset details that were not delivered, by stage. ring_buffer_full: event details dropped, counts still exact; count_map_full: counted under port=\"other\"; count_unrecorded: not counted by cause; probe_skipped: the kernel skipped a reset program (another BPF program was running on that CPU), so the reset was not counted; decode: malformed record."),
+            Opts::new(
+                "rstwatch_events_lost_total",
+                "Reset details that were not delivered, by stage. ring_buffer_full: event details dropped, counts still exact; count_map_full: counted under port=\"other\"; count_unrecorded: not counted by cause; probe_skipped: the kernel skipped a reset program (another BPF program was running on that CPU), so the reset was not counted; decode: malformed record.",
+            ),
             &["stage"],
         )?;
         let probe_attached = IntGaugeVec::new(
-            Opts::new("rstwatch_probe_attached", "1 if the probe is attached on this kernel, 0 if not: what this node can see."),
+            Opts::new(
+                "rstwatch_probe_attached",
+                "1 if the probe is attached on this kernel, 0 if not: what this node can see.",
+            ),
             &["probe"],
         )?;
         let cause_observable = IntGaugeVec::new(
-            Opts::new("rstwatch_cause_observable", "1 if every reset of this cause is counted under it on this node's kernel, 0 if some or all are missed or counted under another cause (see the start-up log and README \"Kernel compatibility\")."),
+            Opts::new(
+                "rstwatch_cause_observable",
+                "1 if every reset of this cause is counted under it on this node's kernel, 0 if some or all are missed or counted under another cause (see the start-up log and README \"Kernel compatibility\").",
+            ),
             &["direction", "cause"],
         )?;
         let rate_limited = IntCounterVec::new(
-            Opts::new("rstwatch_events_rate_limited_total", "Events not written to --events because their cause exceeded --events-rate-limit per second (still counted in rstwatch_resets_total)."),
+            Opts::new(
+                "rstwatch_events_rate_limited_total",
+                "Events not written to --events because their cause exceeded --events-rate-limit per second (still counted in rstwatch_resets_total).",
+            ),
             &["cause"],
         )?;
         let socket_errors = IntCounterVec::new(
-            Opts::new("rstwatch_socket_errors_total", "Errors the kernel queued on sockets because of a reset (what the application's next read, write or connect returns), by errno, owning process and service port."),
+            Opts::new(
+                "rstwatch_socket_errors_total",
+                "Errors the kernel queued on sockets because of a reset (what the application's next read, write or connect returns), by errno, owning process and service port.",
+            ),
             &["errno", "comm", "port"],
         )?;
         let label_overflow = IntCounterVec::new(
-            Opts::new("rstwatch_label_overflow_total", "Resets counted under port=\"other\" or comm=\"other\" because --max-ports or --max-comms distinct values were already in use."),
+            Opts::new(
+                "rstwatch_label_overflow_total",
+                "Resets counted under port=\"other\" or comm=\"other\" because --max-ports or --max-comms distinct values were already in use.",
+            ),
             &["label"],
         )?;
         let map_entries = IntGaugeVec::new(
-            Opts::new("rstwatch_map_entries", "Keys in the in-kernel count maps at the last scrape (counts: rstwatch_resets_total's, by port and owner; counts_other: the resets counted without port and owner because counts was full; errors and errors_other: the same for rstwatch_socket_errors_total). They never evict: once counts (errors) is at rstwatch_map_capacity, resets (socket errors) with new keys are counted under port=\"other\" and comm=\"unknown\" or \"none\" (rstwatch_events_lost_total{stage=\"count_map_full\"})."),
+            Opts::new(
+                "rstwatch_map_entries",
+                "Keys in the in-kernel count maps at the last scrape (counts: rstwatch_resets_total's, by port and owner; counts_other: the resets counted without port and owner because counts was full; errors and errors_other: the same for rstwatch_socket_errors_total). They never evict: once counts (errors) is at rstwatch_map_capacity, resets (socket errors) with new keys are counted under port=\"other\" and comm=\"unknown\" or \"none\" (rstwatch_events_lost_total{stage=\"count_map_full\"}).",
+            ),
             &["map"],
         )?;
         let map_capacity = IntGaugeVec::new(
-            Opts::new("rstwatch_map_capacity", "Maximum entries of each bounded in-kernel map. counts, counts_other, errors and errors_other: exact counters (see rstwatch_map_entries); conn, closed_flows, listeners, rejected: LRU maps of per-connection memory, which evict their oldest entries when full (their fill is not exported: full is their normal state under churn, and counting it would walk 65536 keys per scrape)."),
+            Opts::new(
+                "rstwatch_map_capacity",
+                "Maximum entries of each bounded in-kernel map. counts, counts_other, errors and errors_other: exact counters (see rstwatch_map_entries); conn, closed_flows, listeners, rejected: LRU maps of per-connection memory, which evict their oldest entries when full (their fill is not exported: full is their normal state under churn, and counting it would walk 65536 keys per scrape).",
+            ),
             &["map"],
         )?;
         let program_runs = IntCounterVec::new(
-            Opts::new("rstwatch_program_runs_total", "Runs of each rstwatch kernel program, counted by the kernel while kernel.bpf_stats_enabled=1 (0 otherwise)."),
+            Opts::new(
+                "rstwatch_program_runs_total",
+                "Runs of each rstwatch kernel program, counted by the kernel while kernel.bpf_stats_enabled=1 (0 otherwise).",
+            ),
             &["probe"],
         )?;
         let program_run_seconds = prometheus::CounterVec::new(
-            Opts::new("rstwatch_program_run_seconds_total", "CPU time spent in each rstwatch kernel program, measured by the kernel while kernel.bpf_stats_enabled=1 (0 otherwise): rstwatch's own cost."),
+            Opts::new(
+                "rstwatch_program_run_seconds_total",
+                "CPU time spent in each rstwatch kernel program, measured by the kernel while kernel.bpf_stats_enabled=1 (0 otherwise): rstwatch's own cost.",
+            ),
             &["probe"],
         )?;
         let program_skipped = IntCounterVec::new(
-            Opts::new("rstwatch_program_recursion_misses_total", "Times the kernel skipped an rstwatch program because another BPF tracing program was running on that CPU (bpf_prog_info.recursion_misses); for the reset probes each is a reset not counted (also in rstwatch_events_lost_total{stage=\"probe_skipped\"})."),
+            Opts::new(
+                "rstwatch_program_recursion_misses_total",
+                "Times the kernel skipped an rstwatch program because another BPF tracing program was running on that CPU (bpf_prog_info.recursion_misses); for the reset probes each is a reset not counted (also in rstwatch_events_lost_total{stage=\"probe_skipped\"}).",
+            ),
             &["probe"],
         )?;
         let build_info = IntGaugeVec::new(
-            Opts::new("rstwatch_build_info", "rstwatch version and the kernel it runs on."),
+            Opts::new(
+                "rstwatch_build_info",
+                "rstwatch version and the kernel it runs on.",
+            ),
             &["version", "kernel"],
         )?;
         registry.register(Box::new(program_run_seconds.clone()))?;
-        for collector in [&resets, &lost, &rate_limited, &socket_errors, &label_overflow, &program_runs, &program_skipped] {
+        for collector in [
+            &resets,
+            &lost,
+            &rate_limited,
+            &socket_errors,
+            &label_overflow,
+            &program_runs,
+            &program_skipped,
+        ] {
             registry.register(Box::new(collector.clone()))?;
         }
         for collector in [&idle, &age] {
             registry.register(Box::new(collector.clone()))?;
         }
-        for collector in [&probe_attached, &cause_observable, &build_info, &map_entries, &map_capacity] {
+        for collector in [
+            &probe_attached,
+            &cause_observable,
+            &build_info,
+            &map_entries,
+            &map_capacity,
+        ] {
             registry.register(Box::new(collector.clone()))?;
         }
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), kernel_release]).set(1);
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), kernel_release])
+            .set(1);
 
         // Every series a dashboard sums by cause exists from the first scrape, so rate() sees the
         // first reset of each cause instead of a series appearing with it.
@@ -167,15 +244,21 @@ impl Metrics {
     }
 
     pub fn set_probe_attached(&self, probe: &str, attached: bool) {
-        self.probe_attached.with_label_values(&[probe]).set(attached as i64);
+        self.probe_attached
+            .with_label_values(&[probe])
+            .set(attached as i64);
     }
 
     pub fn set_cause_observable(&self, direction: Direction, cause: Cause, observable: bool) {
-        self.cause_observable.with_label_values(&[direction.label(), cause.label()]).set(observable as i64);
+        self.cause_observable
+            .with_label_values(&[direction.label(), cause.label()])
+            .set(observable as i64);
     }
 
     pub fn set_map_capacity(&self, map: &str, capacity: u32) {
-        self.map_capacity.with_label_values(&[map]).set(i64::from(capacity));
+        self.map_capacity
+            .with_label_values(&[map])
+            .set(i64::from(capacity));
     }
 
     pub fn set_map_entries(&self, map: &str, entries: usize) {
@@ -198,13 +281,25 @@ impl Metrics {
             advance(&mut self.last, "resets", &self.resets, &values, *total);
         }
         for (l, total) in errors {
-            advance(&mut self.last, "socket_errors", &self.socket_errors, &[l.errno, &l.comm, &l.port], *total);
+            advance(
+                &mut self.last,
+                "socket_errors",
+                &self.socket_errors,
+                &[l.errno, &l.comm, &l.port],
+                *total,
+            );
         }
         for (stage, total) in lost {
             advance(&mut self.last, "lost", &self.lost, &[stage], *total);
         }
         for (label, total) in overflow {
-            advance(&mut self.last, "label_overflow", &self.label_overflow, &[label], *total);
+            advance(
+                &mut self.last,
+                "label_overflow",
+                &self.label_overflow,
+                &[label],
+                *total,
+            );
         }
     }
 
@@ -214,9 +309,24 @@ impl Metrics {
         self.program_runs.with_label_values(&[probe]);
         self.program_run_seconds.with_label_values(&[probe]);
         self.program_skipped.with_label_values(&[probe]);
-        advance(&mut self.last, "program_runs", &self.program_runs, &[probe], stats.run_cnt);
-        advance(&mut self.last, "program_skipped", &self.program_skipped, &[probe], stats.recursion_misses);
-        let seen = self.last.entry(("program_run_ns", vec![probe.to_string()])).or_insert(0);
+        advance(
+            &mut self.last,
+            "program_runs",
+            &self.program_runs,
+            &[probe],
+            stats.run_cnt,
+        );
+        advance(
+            &mut self.last,
+            "program_skipped",
+            &self.program_skipped,
+            &[probe],
+            stats.recursion_misses,
+        );
+        let seen = self
+            .last
+            .entry(("program_run_ns", vec![probe.to_string()]))
+            .or_insert(0);
         if stats.run_time_ns > *seen {
             let added = (stats.run_time_ns - *seen) as f64 / 1e9;
             self.program_run_seconds.with_label_values(&[probe]).inc_by(added);
@@ -260,7 +370,9 @@ fn advance(
     values: &[&str],
     total: u64,
 ) {
-    let seen = last.entry((metric, values.iter().map(|v| v.to_string()).collect())).or_insert(0);
+    let seen = last
+        .entry((metric, values.iter().map(|v| v.to_string()).collect()))
+        .or_insert(0);
     if total > *seen {
         counter.with_label_values(values).inc_by(total - *seen);
         *seen = total;

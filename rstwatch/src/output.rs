@@ -21,8 +21,13 @@ pub struct WallClock {
 
 impl WallClock {
     pub fn now() -> WallClock {
-        let realtime = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as i128;
-        WallClock { realtime_minus_monotonic_ns: realtime - crate::events::monotonic_ns() as i128 }
+        let realtime = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as i128;
+        WallClock {
+            realtime_minus_monotonic_ns: realtime - crate::events::monotonic_ns() as i128,
+        }
     }
 
     pub fn wall(&self, monotonic_ns: u64) -> SystemTime {
@@ -184,8 +189,16 @@ pub fn tcp_flags(flags: u8) -> String {
         (0x40, "ECE"),
         (0x80, "CWR"),
     ];
-    let names: Vec<_> = NAMES.iter().filter(|(bit, _)| flags & bit != 0).map(|(_, name)| *name).collect();
-    if names.is_empty() { "none".into() } else { names.join("|") }
+    let names: Vec<_> = NAMES
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, name)| *name)
+        .collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join("|")
+    }
 }
 
 /// One line for a person.
@@ -195,11 +208,18 @@ pub fn human_line(observation: &Observation, clock: &WallClock) -> String {
         Observation::SocketError(error) => {
             let time = humantime::format_rfc3339_millis(clock.wall(error.monotonic_ns)).to_string();
             let clock_time = time.get(11..23).unwrap_or(&time);
-            let who = error.owner.as_ref().map_or("unknown".to_string(), |o| format!("{}[{}]", o.comm, o.pid));
+            let who = error
+                .owner
+                .as_ref()
+                .map_or("unknown".to_string(), |o| format!("{}[{}]", o.comm, o.pid));
             let after = error.reset.map_or(String::new(), |(direction, cause, _)| {
                 format!(" after {} {cause}", direction.label())
             });
-            format!("{clock_time} app-error {:<12} {who} port={}{after}", errno_name(error.errno), error.service_port)
+            format!(
+                "{clock_time} app-error {:<12} {who} port={}{after}",
+                errno_name(error.errno),
+                error.service_port
+            )
         }
     }
 }
@@ -214,11 +234,17 @@ fn human_reset(reset: &Reset, clock: &WallClock) -> String {
     };
     let who = match &reset.owner {
         Some(owner) => {
-            let place = reset.workload.as_ref().map_or(String::new(), |w| match (&w.pod, &w.container) {
-                (Some(pod), _) => format!(" pod={}/{}", pod.namespace, pod.pod),
-                (None, Some(container)) => format!(" container={}", &container.container_id[..12.min(container.container_id.len())]),
-                _ => String::new(),
-            });
+            let place = reset
+                .workload
+                .as_ref()
+                .map_or(String::new(), |w| match (&w.pod, &w.container) {
+                    (Some(pod), _) => format!(" pod={}/{}", pod.namespace, pod.pod),
+                    (None, Some(container)) => format!(
+                        " container={}",
+                        &container.container_id[..12.min(container.container_id.len())]
+                    ),
+                    _ => String::new(),
+                });
             format!("{}{place}", process_name(owner))
         }
         None if reset.skaddr == 0 => "no-socket".to_string(),
@@ -241,9 +267,20 @@ fn human_reset(reset: &Reset, clock: &WallClock) -> String {
     part("idle", reset.idle.map(seconds));
     part("rx", reset.bytes_received.map(|b| format!("{b}B")));
     part("acked", reset.bytes_acked.map(|b| format!("{b}B")));
-    part("unread", (reset.unread_bytes > 0).then(|| format!("{}B", reset.unread_bytes)));
-    part("unsent", (reset.unsent_bytes > 0).then(|| format!("{}B", reset.unsent_bytes)));
-    part("trigger", reset.trigger.map(|(flags, payload)| format!("{}+{payload}B", tcp_flags(flags))));
+    part(
+        "unread",
+        (reset.unread_bytes > 0).then(|| format!("{}B", reset.unread_bytes)),
+    );
+    part(
+        "unsent",
+        (reset.unsent_bytes > 0).then(|| format!("{}B", reset.unsent_bytes)),
+    );
+    part(
+        "trigger",
+        reset
+            .trigger
+            .map(|(flags, payload)| format!("{}+{payload}B", tcp_flags(flags))),
+    );
     part("reason", reset.reason.clone());
     if let Some(peer) = &reset.peer {
         let who = match (&peer.owner, peer.has_socket) {
@@ -252,7 +289,11 @@ fn human_reset(reset: &Reset, clock: &WallClock) -> String {
             (None, false) => "no-socket".to_string(),
         };
         // The arrow points the way the reset went: from its sender to us, or from us to the other end.
-        let arrow = if reset.direction == crate::causes::Direction::Received { "←" } else { "→" };
+        let arrow = if reset.direction == crate::causes::Direction::Received {
+            "←"
+        } else {
+            "→"
+        };
         line.push_str(&format!("  {arrow} {who} {}", peer.cause));
     }
     line
@@ -263,13 +304,20 @@ fn process_name(process: &crate::events::Process) -> String {
     if process.thread.is_empty() || process.thread == process.comm {
         format!("{}[{}]", process.comm, process.pid)
     } else {
-        format!("{}[{}] thread={}/{}", process.comm, process.pid, process.thread, process.tid)
+        format!(
+            "{}[{}] thread={}/{}",
+            process.comm, process.pid, process.thread, process.tid
+        )
     }
 }
 
 fn seconds(duration: Duration) -> String {
     let secs = duration.as_secs_f64();
-    if secs < 1.0 { format!("{:.0}ms", secs * 1000.0) } else { format!("{secs:.1}s") }
+    if secs < 1.0 {
+        format!("{:.0}ms", secs * 1000.0)
+    } else {
+        format!("{secs:.1}s")
+    }
 }
 
 /// At most `per_second` events per cause in any one-second window; the rest are counted.
@@ -280,7 +328,10 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn new(per_second: u32) -> RateLimiter {
-        RateLimiter { per_second, windows: HashMap::new() }
+        RateLimiter {
+            per_second,
+            windows: HashMap::new(),
+        }
     }
 
     /// Whether an event of `cause` at `monotonic_ns` may be written.

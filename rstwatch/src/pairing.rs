@@ -116,11 +116,20 @@ impl Pairer {
                 let paired = self.pair(&mut reset);
                 if !paired {
                     let seq = self.first_seq + self.held.len() as u64;
-                    self.waiting.insert((reset.direction, flow(reset.local, reset.remote)), seq);
+                    self.waiting
+                        .insert((reset.direction, flow(reset.local, reset.remote)), seq);
                 }
-                Held { arrived: now_ns, paired, observation: Observation::Reset(reset) }
+                Held {
+                    arrived: now_ns,
+                    paired,
+                    observation: Observation::Reset(reset),
+                }
             }
-            other => Held { arrived: now_ns, paired: true, observation: other },
+            other => Held {
+                arrived: now_ns,
+                paired: true,
+                observation: other,
+            },
         };
         self.held.push_back(held);
     }
@@ -160,7 +169,11 @@ impl Pairer {
         let partner_key = (opposite(reset.direction), flow(reset.remote, reset.local));
         if let Some(&seq) = self.waiting.get(&partner_key) {
             let index = seq.saturating_sub(self.first_seq) as usize;
-            if let Some(Held { observation: Observation::Reset(partner), paired, .. }) = self.held.get_mut(index)
+            if let Some(Held {
+                observation: Observation::Reset(partner),
+                paired,
+                ..
+            }) = self.held.get_mut(index)
                 && partner.monotonic_ns.abs_diff(reset.monotonic_ns) <= PAIR_WINDOW_NS
             {
                 partner.peer = Some(PeerEnd::of(reset));
@@ -170,8 +183,10 @@ impl Pairer {
                 return true;
             }
         }
-        if let Some((_, peer)) =
-            self.recent.get(&partner_key).filter(|(ts, _)| ts.abs_diff(reset.monotonic_ns) <= PAIR_WINDOW_NS)
+        if let Some((_, peer)) = self
+            .recent
+            .get(&partner_key)
+            .filter(|(ts, _)| ts.abs_diff(reset.monotonic_ns) <= PAIR_WINDOW_NS)
         {
             reset.peer = Some(peer.clone());
             // Its partner is gone already: nothing to wait for.

@@ -138,7 +138,10 @@ pub fn load_and_attach(
     // small BTF would fail loudly instead of leaving them unrelocated.
     let btf = match program_type {
         ProgramType::Auto => {
-            let typedefs = layout.btf_tracepoints.iter().map(|(event, tracepoint)| (*event, tracepoint.id));
+            let typedefs = layout
+                .btf_tracepoints
+                .iter()
+                .map(|(event, tracepoint)| (*event, tracepoint.id));
             crate::kernel::btf::tracepoints_btf(typedefs)
                 .map_err(|e| log::warn!("no BTF tracepoints, classic ones only: {e:#}"))
                 .ok()
@@ -152,11 +155,22 @@ pub fn load_and_attach(
         .override_global("CONFIG", &layout.config, true)
         .map_max_entries("EVENTS", ring_buffer_bytes)
         // Without a cap (trace) every port may get counts of its own.
-        .map_max_entries("PORT_LABELS", if layout.config.max_ports == 0 { 65536 } else { layout.config.max_ports })
+        .map_max_entries(
+            "PORT_LABELS",
+            if layout.config.max_ports == 0 {
+                65536
+            } else {
+                layout.config.max_ports
+            },
+        )
         .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rstwatch")))
         .map_err(|err| {
             let err = anyhow::Error::new(err).context("loading the eBPF programs into the kernel");
-            explain_enosys(explain_eperm(err, "loading eBPF programs", &[CAP_BPF, CAP_PERFMON]))
+            explain_enosys(explain_eperm(
+                err,
+                "loading eBPF programs",
+                &[CAP_BPF, CAP_PERFMON],
+            ))
         })?;
 
     let mut status: Vec<(&'static str, ProbeStatus)> = Vec::new();
@@ -169,7 +183,10 @@ pub fn load_and_attach(
             Err(err) => {
                 // The verifier's log is long: its first line here, all of it at debug level.
                 let text = format!("{err:#}");
-                warn!("BTF tracepoints refused ({}); using classic tracepoints for the reset, state and error probes", text.lines().next().unwrap_or_default());
+                warn!(
+                    "BTF tracepoints refused ({}); using classic tracepoints for the reset, state and error probes",
+                    text.lines().next().unwrap_or_default()
+                );
                 log::debug!("BTF tracepoints refused: {text}");
                 false
             }
@@ -178,7 +195,10 @@ pub fn load_and_attach(
     };
     for spec in PROBES {
         if !usable(spec) {
-            let why = format!("this kernel's {}:{} lacks a field rstwatch reads", spec.category, spec.event);
+            let why = format!(
+                "this kernel's {}:{} lacks a field rstwatch reads",
+                spec.category, spec.event
+            );
             status.push((spec.name, ProbeStatus::Missing(why)));
             continue;
         }
@@ -194,7 +214,11 @@ pub fn load_and_attach(
                 Some(Ok(())) => Ok(spec.btf_program),
                 Some(Err(err)) => {
                     let text = format!("{err:#}");
-                    warn!("{}: BTF tracepoint refused ({}); using the classic tracepoint", spec.event, text.lines().next().unwrap_or_default());
+                    warn!(
+                        "{}: BTF tracepoint refused ({}); using the classic tracepoint",
+                        spec.event,
+                        text.lines().next().unwrap_or_default()
+                    );
                     log::debug!("{}: BTF tracepoint refused: {text}", spec.event);
                     attach(&mut ebpf, spec).map(|()| spec.program)
                 }
@@ -203,13 +227,24 @@ pub fn load_and_attach(
         };
         match result {
             Ok(program) => {
-                let kind = if program == spec.btf_program { "tp_btf" } else { "tracepoint" };
+                let kind = if program == spec.btf_program {
+                    "tp_btf"
+                } else {
+                    "tracepoint"
+                };
                 status.push((spec.name, ProbeStatus::Attached(kind)));
                 let fd = program_fd(&ebpf, program)?;
-                programs.push(AttachedProgram { probe: spec.name, counts_resets: spec.required, fd });
+                programs.push(AttachedProgram {
+                    probe: spec.name,
+                    counts_resets: spec.required,
+                    fd,
+                });
             }
             Err(err) if !spec.required => {
-                warn!("{}:{} not attached, rstwatch will know less: {err:#}", spec.category, spec.event);
+                warn!(
+                    "{}:{} not attached, rstwatch will know less: {err:#}",
+                    spec.category, spec.event
+                );
                 status.push((spec.name, ProbeStatus::Missing(format!("{err:#}"))));
             }
             Err(err) => return Err(err),
@@ -217,14 +252,21 @@ pub fn load_and_attach(
     }
     for (function, program) in KPROBES {
         if layout.send_reset_has_reason {
-            status.push((function, ProbeStatus::NotNeeded("tcp_send_reset sees resets without a socket (6.10+)")));
+            status.push((
+                function,
+                ProbeStatus::NotNeeded("tcp_send_reset sees resets without a socket (6.10+)"),
+            ));
             continue;
         }
         match attach_kprobe(&mut ebpf, function, program) {
             Ok(()) => {
                 status.push((function, ProbeStatus::Attached("kprobe")));
                 let fd = program_fd(&ebpf, program)?;
-                programs.push(AttachedProgram { probe: function, counts_resets: true, fd });
+                programs.push(AttachedProgram {
+                    probe: function,
+                    counts_resets: true,
+                    fd,
+                });
             }
             Err(err) => status.push((function, ProbeStatus::Missing(format!("{err:#}")))),
         }
@@ -236,13 +278,22 @@ pub fn load_and_attach(
             .map(|(probe, _)| *probe)
             .collect(),
         reasons: if layout.send_reset_has_reason {
-            layout.reason_names.values().map(|name| crate::classify::RstReason::from_name(name)).collect()
+            layout
+                .reason_names
+                .values()
+                .map(|name| crate::classify::RstReason::from_name(name))
+                .collect()
         } else {
             Default::default()
         },
     };
     info!("{}", compat::summary(&layout.release, &status, &coverage));
-    Ok(Probes { ebpf, status, coverage, programs })
+    Ok(Probes {
+        ebpf,
+        status,
+        coverage,
+        programs,
+    })
 }
 
 /// A kprobe, where the kernel has them (CONFIG_KPROBES) and lets this process use them.
@@ -265,12 +316,17 @@ fn attach_kprobe(ebpf: &mut Ebpf, function: &str, program: &str) -> anyhow::Resu
 
 fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec) -> anyhow::Result<()> {
     let Some(program) = ebpf.program_mut(spec.program) else {
-        bail!("program {} missing from the eBPF object (build problem)", spec.program);
+        bail!(
+            "program {} missing from the eBPF object (build problem)",
+            spec.program
+        );
     };
     let program: &mut TracePoint = program.try_into()?;
     program.load().map_err(|err| {
-        let err = anyhow::Error::new(err)
-            .context(format!("the kernel refused the program for {}:{}", spec.category, spec.event));
+        let err = anyhow::Error::new(err).context(format!(
+            "the kernel refused the program for {}:{}",
+            spec.category, spec.event
+        ));
         explain_eperm(err, "loading tracing programs", &[CAP_BPF, CAP_PERFMON])
     })?;
     program.attach(spec.category, spec.event).map_err(|err| {
@@ -290,15 +346,23 @@ fn attach_btf(ebpf: &mut Ebpf, spec: &ProbeSpec, btf: &Btf) -> anyhow::Result<()
 
 fn load_btf(ebpf: &mut Ebpf, spec: &ProbeSpec, btf: &Btf) -> anyhow::Result<()> {
     let Some(program) = ebpf.program_mut(spec.btf_program) else {
-        bail!("program {} missing from the eBPF object (build problem)", spec.btf_program);
+        bail!(
+            "program {} missing from the eBPF object (build problem)",
+            spec.btf_program
+        );
     };
     let program: &mut BtfTracePoint = program.try_into()?;
-    program.load(spec.event, btf).with_context(|| format!("loading {}", spec.btf_program))
+    program
+        .load(spec.event, btf)
+        .with_context(|| format!("loading {}", spec.btf_program))
 }
 
 fn attach_loaded_btf(ebpf: &mut Ebpf, spec: &ProbeSpec) -> anyhow::Result<()> {
     let Some(program) = ebpf.program_mut(spec.btf_program) else {
-        bail!("program {} missing from the eBPF object (build problem)", spec.btf_program);
+        bail!(
+            "program {} missing from the eBPF object (build problem)",
+            spec.btf_program
+        );
     };
     let program: &mut BtfTracePoint = program.try_into()?;
     program.attach().context("attaching")?;
@@ -319,7 +383,10 @@ fn load_btf_group(
     let mut result = Ok(());
     for spec in group {
         if !has_btf(spec) {
-            result = Err(anyhow::anyhow!("the kernel's BTF has no tracepoint {} for it", spec.event));
+            result = Err(anyhow::anyhow!(
+                "the kernel's BTF has no tracepoint {} for it",
+                spec.event
+            ));
             break;
         }
         match load_btf(ebpf, spec, btf) {
@@ -334,7 +401,9 @@ fn load_btf_group(
         for spec in loaded {
             if let Some(program) = ebpf.program_mut(spec.btf_program) {
                 let program: &mut BtfTracePoint = program.try_into()?;
-                program.unload().with_context(|| format!("unloading {}", spec.btf_program))?;
+                program
+                    .unload()
+                    .with_context(|| format!("unloading {}", spec.btf_program))?;
             }
         }
     }
@@ -342,15 +411,23 @@ fn load_btf_group(
 }
 
 fn program_fd(ebpf: &Ebpf, name: &str) -> anyhow::Result<ProgramFd> {
-    let program = ebpf.program(name).ok_or_else(|| anyhow::anyhow!("program {name} vanished"))?;
+    let program = ebpf
+        .program(name)
+        .ok_or_else(|| anyhow::anyhow!("program {name} vanished"))?;
     Ok(program.fd()?.try_clone()?)
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; newer ones ignore it.
 fn raise_memlock_limit() {
-    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
-        log::debug!("could not raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+        log::debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
@@ -372,11 +449,19 @@ impl Privileges {
     pub fn current() -> Privileges {
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
         let field = |name: &str| {
-            status.lines().find_map(|line| line.strip_prefix(name)).map(str::trim).unwrap_or_default()
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .map(str::trim)
+                .unwrap_or_default()
         };
         Privileges {
             // Real, effective, saved, fs: the effective one is checked.
-            uid: field("Uid:").split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(u32::MAX),
+            uid: field("Uid:")
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(u32::MAX),
             effective: u64::from_str_radix(field("CapEff:"), 16).unwrap_or(0),
             seccomp_filter: field("Seccomp:") == "2",
         }
@@ -388,14 +473,22 @@ impl Privileges {
 
     /// The names of the capabilities of `wanted` this process lacks.
     pub fn missing(&self, wanted: &[Capability]) -> Vec<&'static str> {
-        wanted.iter().filter(|cap| !self.has(**cap)).map(|(_, name)| *name).collect()
+        wanted
+            .iter()
+            .filter(|cap| !self.has(**cap))
+            .map(|(_, name)| *name)
+            .collect()
     }
 }
 
 /// Whether some cause in the chain is this errno from the kernel.
 fn has_os_error(err: &anyhow::Error, errno: i32) -> bool {
-    err.chain()
-        .any(|cause| cause.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error) == Some(errno))
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+            == Some(errno)
+    })
 }
 
 /// ENOSYS from bpf(2): a kernel built without BPF, or a seccomp filter that hides the call.
@@ -424,7 +517,11 @@ pub fn explain_eperm(err: anyhow::Error, what: &str, needs: &[Capability]) -> an
     let names: Vec<_> = needs.iter().map(|(_, name)| *name).collect();
     let missing = privileges.missing(needs);
     let why = if !missing.is_empty() {
-        format!("this process (uid {}) lacks {}", privileges.uid, missing.join(" and "))
+        format!(
+            "this process (uid {}) lacks {}",
+            privileges.uid,
+            missing.join(" and ")
+        )
     } else if privileges.seccomp_filter {
         format!(
             "this process has {} but a seccomp filter is installed: the container runtime's profile may \

@@ -87,5 +87,9 @@ pub fn read(fd: &ProgramFd) -> anyhow::Result<ProgStats> {
     if ret < 0 {
         return Err(std::io::Error::last_os_error()).context("BPF_OBJ_GET_INFO_BY_FD");
     }
-    Ok(ProgStats { run_cnt: info.run_cnt, run_time_ns: info.run_time_ns, recursion_misses: info.recursion_misses })
+    Ok(ProgStats {
+        run_cnt: info.run_cnt,
+        run_time_ns: info.run_time_ns,
+        recursion_misses: info.recursion_misses,
+    })
 }

@@ -70,7 +70,12 @@ pub const MAPS: [(&str, &str); 8] = [
 
 fn capacity(ebpf: &aya::Ebpf, name: &str) -> anyhow::Result<u32> {
     let data = match ebpf.map(name) {
-        Some(Map::HashMap(data) | Map::LruHashMap(data) | Map::PerCpuHashMap(data) | Map::PerCpuLruHashMap(data)) => data,
+        Some(
+            Map::HashMap(data)
+            | Map::LruHashMap(data)
+            | Map::PerCpuHashMap(data)
+            | Map::PerCpuLruHashMap(data),
+        ) => data,
         Some(_) => return Err(anyhow!("map {name} is not a hash map (build problem)")),
         None => return Err(anyhow!("map {name} missing from the eBPF object (build problem)")),
     };
@@ -89,12 +94,16 @@ fn explain_tracefs(err: anyhow::Error) -> anyhow::Error {
             mount_point == Some(dir) && fstype == Some("tracefs")
         })
     };
-    let denied = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"].into_iter().find_map(|dir| {
-        match std::fs::metadata(std::path::Path::new(dir).join("events")) {
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && tracefs_at(dir) => Some((dir, e)),
-            _ => None,
-        }
-    });
+    let denied = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .into_iter()
+        .find_map(
+            |dir| match std::fs::metadata(std::path::Path::new(dir).join("events")) {
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && tracefs_at(dir) => {
+                    Some((dir, e))
+                }
+                _ => None,
+            },
+        );
     let Some((dir, denial)) = denied else {
         return err;
     };
@@ -104,13 +113,22 @@ fn explain_tracefs(err: anyhow::Error) -> anyhow::Error {
     let mount_failure = format!("{err}")
         .split_once("(os error ")
         .and_then(|(_, rest)| rest.split(')').next()?.parse().ok())
-        .map(|errno| format!("; mounting a tracefs of its own failed too: {}", std::io::Error::from_raw_os_error(errno)))
+        .map(|errno| {
+            format!(
+                "; mounting a tracefs of its own failed too: {}",
+                std::io::Error::from_raw_os_error(errno)
+            )
+        })
         .unwrap_or_default();
     anyhow!(
         "tracefs is mounted at {dir} but uid {} cannot read it ({denial}): run rstwatch as root, or as \
          non-root with CAP_BPF, CAP_PERFMON and CAP_DAC_READ_SEARCH (to read tracefs); this process lacks {}{mount_failure}",
         privileges.uid,
-        if missing.is_empty() { "none of them (is tracefs mounted with a gid= option?)".to_string() } else { missing.join(", ") },
+        if missing.is_empty() {
+            "none of them (is tracefs mounted with a gid= option?)".to_string()
+        } else {
+            missing.join(", ")
+        },
     )
 }
 
@@ -131,7 +149,8 @@ impl Session {
         layout.config.events_per_cpu_per_second = args.max_events_per_second.div_ceil(cpus.max(1));
         layout.config.count_by_cgroup = count_by_cgroup as u32;
         layout.config.max_ports = max_ports;
-        let mut probes = probes::load_and_attach(loader, &layout, args.ring_buffer_kib * 1024, args.program_type)?;
+        let mut probes =
+            probes::load_and_attach(loader, &layout, args.ring_buffer_kib * 1024, args.program_type)?;
         let capacities = MAPS
             .iter()
             .map(|&(name, label)| Ok((label, capacity(&probes.ebpf, name)?)))
@@ -142,18 +161,35 @@ impl Session {
         let errors_other = PerCpuHashMap::try_from(take_map(&mut probes.ebpf, "ERRORS_OTHER")?)?;
         let lost = PerCpuArray::try_from(take_map(&mut probes.ebpf, "LOST")?)?;
         let ring = RingBuf::try_from(take_map(&mut probes.ebpf, "EVENTS")?)?;
-        Ok(Session { layout, probes, counts, counts_other, errors, errors_other, lost, ring, capacities })
+        Ok(Session {
+            layout,
+            probes,
+            counts,
+            counts_other,
+            errors,
+            errors_other,
+            lost,
+            ring,
+            capacities,
+        })
     }
 
     pub fn classifier(&self) -> Classifier {
-        Classifier { reason_names: self.layout.reason_names.clone() }
+        Classifier {
+            reason_names: self.layout.reason_names.clone(),
+        }
     }
 
     pub fn decoder(&self, attribution: Option<Arc<Attribution>>) -> Decoder {
-        Decoder { classifier: self.classifier(), hz: self.layout.hz, attribution }
+        Decoder {
+            classifier: self.classifier(),
+            hz: self.layout.hz,
+            attribution,
+        }
     }
 }
 
 fn take_map(ebpf: &mut aya::Ebpf, name: &str) -> anyhow::Result<Map> {
-    ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object (build problem)"))
+    ebpf.take_map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the eBPF object (build problem)"))
 }

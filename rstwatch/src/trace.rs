@@ -12,11 +12,11 @@ use clap::{Args, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    attribution::Attribution,
     causes::{Cause, Direction},
     counts,
     events::{self, Observation, Process, errno_name},
     output::{self, WallClock},
-    attribution::Attribution,
     session::{KernelArgs, Session},
 };
 
@@ -157,7 +157,9 @@ pub async fn run(options: TraceOptions, loader: aya::EbpfLoader<'static>) -> any
         .ok()
         .map(Arc::new);
     let decoder = session.decoder(attribution);
-    let Session { probes, lost, ring, .. } = session;
+    let Session {
+        probes, lost, ring, ..
+    } = session;
     let clock = WallClock::now();
     // On stderr, so JSON output stays clean; scripts wait for it to know the probes are attached.
     eprintln!("tracing TCP resets (Ctrl-C to stop)");
@@ -209,5 +211,6 @@ pub async fn run(options: TraceOptions, loader: aya::EbpfLoader<'static>) -> any
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
-    err.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == ErrorKind::BrokenPipe)
+    err.downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == ErrorKind::BrokenPipe)
 }

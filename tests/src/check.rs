@@ -18,8 +18,7 @@ pub const SETTLE: Duration = Duration::from_millis(300);
 fn row_delta(before: &Snapshot, after: &Snapshot, e: &Expect, port: u16) -> f64 {
     match e.state {
         Some(st) => {
-            after.resets_in_state(e.dir, e.cause, st, port)
-                - before.resets_in_state(e.dir, e.cause, st, port)
+            after.resets_in_state(e.dir, e.cause, st, port) - before.resets_in_state(e.dir, e.cause, st, port)
         }
         None => after.resets(e.dir, e.cause, port) - before.resets(e.dir, e.cause, port),
     }
@@ -44,10 +43,7 @@ pub fn mismatches(before: &Snapshot, after: &Snapshot, out: &Outcome) -> Vec<Str
             ));
         }
     }
-    for (dir, want) in [
-        (Dir::Sent, out.sent_total),
-        (Dir::Received, out.received_total),
-    ] {
+    for (dir, want) in [(Dir::Sent, out.sent_total), (Dir::Received, out.received_total)] {
         let d = total_delta(before, after, dir, out.port);
         if d != want as f64 {
             v.push(format!(
@@ -125,7 +121,10 @@ impl Verdict {
 /// `rstwatch_cause_observable{direction,cause}` as the daemon exports it (absent = observable).
 pub fn observable(snapshot: &Snapshot, dir: Dir, cause: &str) -> bool {
     snapshot
-        .get("rstwatch_cause_observable", &[("direction", dir.label()), ("cause", cause)])
+        .get(
+            "rstwatch_cause_observable",
+            &[("direction", dir.label()), ("cause", cause)],
+        )
         .is_none_or(|v| v != 0.0)
 }
 
@@ -136,7 +135,10 @@ impl Comparison {
         }
         let port = self.out.port;
         let blind_in = |dir: Dir| {
-            self.out.expect.iter().any(|e| e.dir == dir && e.count > 0 && !observable(&self.after, dir, e.cause))
+            self.out
+                .expect
+                .iter()
+                .any(|e| e.dir == dir && e.count > 0 && !observable(&self.after, dir, e.cause))
         };
         let rows_explained = self
             .out
@@ -144,11 +146,18 @@ impl Comparison {
             .iter()
             .filter(|e| row_delta(&self.before, &self.after, e, port) != e.count as f64)
             .all(|e| !observable(&self.after, e.dir, e.cause));
-        let totals_explained = [(Dir::Sent, self.out.sent_total), (Dir::Received, self.out.received_total)]
-            .into_iter()
-            .filter(|(dir, want)| total_delta(&self.before, &self.after, *dir, port) != *want as f64)
-            .all(|(dir, _)| blind_in(dir));
-        if rows_explained && totals_explained { Verdict::Blind } else { Verdict::Fail }
+        let totals_explained = [
+            (Dir::Sent, self.out.sent_total),
+            (Dir::Received, self.out.received_total),
+        ]
+        .into_iter()
+        .filter(|(dir, want)| total_delta(&self.before, &self.after, *dir, port) != *want as f64)
+        .all(|(dir, _)| blind_in(dir));
+        if rows_explained && totals_explained {
+            Verdict::Blind
+        } else {
+            Verdict::Fail
+        }
     }
 
     /// `direction/cause/state+N` for each expected row, and the same for what was counted.
@@ -158,7 +167,15 @@ impl Comparison {
             .expect
             .iter()
             .filter(|e| e.count > 0)
-            .map(|e| format!("{}/{}/{}+{}", e.dir.label(), e.cause, e.state.unwrap_or("*"), e.count))
+            .map(|e| {
+                format!(
+                    "{}/{}/{}+{}",
+                    e.dir.label(),
+                    e.cause,
+                    e.state.unwrap_or("*"),
+                    e.count
+                )
+            })
             .collect::<Vec<_>>()
             .join(",");
         let got = metrics::port_delta(&self.before, &self.after, self.out.port)
@@ -179,7 +196,13 @@ pub fn compare(d: &Daemon, ns: &NetNs, scn: &Scenario) -> Result<Comparison> {
     let after = d.scrape()?;
     let problems = mismatches(&before, &after, &out);
     if problems.is_empty() {
-        return Ok(Comparison { out, before, after, problems, message: String::new() });
+        return Ok(Comparison {
+            out,
+            before,
+            after,
+            problems,
+            message: String::new(),
+        });
     }
     let delta = metrics::port_delta(&before, &after, out.port);
     let mut msg = format!(
@@ -187,9 +210,7 @@ pub fn compare(d: &Daemon, ns: &NetNs, scn: &Scenario) -> Result<Comparison> {
         scn.name, out.port
     );
     if !reached_ok {
-        msg.push_str(&format!(
-            "  (expected counts not reached within {WAIT:?})\n"
-        ));
+        msg.push_str(&format!("  (expected counts not reached within {WAIT:?})\n"));
     }
     for p in &problems {
         msg.push_str(&format!("  - {p}\n"));
@@ -243,7 +264,13 @@ pub fn compare(d: &Daemon, ns: &NetNs, scn: &Scenario) -> Result<Comparison> {
     ));
     msg.push_str(&format!("  applications saw: {:?}\n", out.notes));
     msg.push_str(&format!("  daemon log: {}\n", d.log.display()));
-    Ok(Comparison { out, before, after, problems, message: msg })
+    Ok(Comparison {
+        out,
+        before,
+        after,
+        problems,
+        message: msg,
+    })
 }
 
 #[cfg(test)]
@@ -259,32 +286,62 @@ mod tests {
             ));
         }
         for (dir, cause) in blind {
-            text.push_str(&format!("rstwatch_cause_observable{{direction=\"{dir}\",cause=\"{cause}\"}} 0\n"));
+            text.push_str(&format!(
+                "rstwatch_cause_observable{{direction=\"{dir}\",cause=\"{cause}\"}} 0\n"
+            ));
         }
         metrics::parse(&text).unwrap()
     }
 
     fn refused_outcome() -> Outcome {
-        let expect = vec![sent("no_listener", Some("none"), 1), received("connection_refused", Some("syn_sent"), 1)];
-        Outcome { port: 21200, sent_total: 1, received_total: 1, expect, ..Default::default() }
+        let expect = vec![
+            sent("no_listener", Some("none"), 1),
+            received("connection_refused", Some("syn_sent"), 1),
+        ];
+        Outcome {
+            port: 21200,
+            sent_total: 1,
+            received_total: 1,
+            expect,
+            ..Default::default()
+        }
     }
 
     fn verdict(after: Snapshot) -> Verdict {
         let out = refused_outcome();
         let before = snapshot(&[], &[]);
         let problems = mismatches(&before, &after, &out);
-        Comparison { out, before, after, problems, message: String::new() }.verdict()
+        Comparison {
+            out,
+            before,
+            after,
+            problems,
+            message: String::new(),
+        }
+        .verdict()
     }
 
     #[test]
     fn a_miss_is_blind_only_where_the_daemon_declared_it() {
-        let both = [("sent", "no_listener", "none", 1), ("received", "connection_refused", "syn_sent", 1)];
+        let both = [
+            ("sent", "no_listener", "none", 1),
+            ("received", "connection_refused", "syn_sent", 1),
+        ];
         assert_eq!(verdict(snapshot(&both, &[])), Verdict::Ok);
         let only_received = [("received", "connection_refused", "syn_sent", 1)];
         assert_eq!(verdict(snapshot(&only_received, &[])), Verdict::Fail);
-        assert_eq!(verdict(snapshot(&only_received, &[("sent", "no_listener")])), Verdict::Blind);
+        assert_eq!(
+            verdict(snapshot(&only_received, &[("sent", "no_listener")])),
+            Verdict::Blind
+        );
         // Declared blind for the sent side does not excuse a wrong received count.
-        let wrong_received = [("sent", "no_listener", "none", 1), ("received", "peer_reset", "syn_sent", 1)];
-        assert_eq!(verdict(snapshot(&wrong_received, &[("sent", "no_listener")])), Verdict::Fail);
+        let wrong_received = [
+            ("sent", "no_listener", "none", 1),
+            ("received", "peer_reset", "syn_sent", 1),
+        ];
+        assert_eq!(
+            verdict(snapshot(&wrong_received, &[("sent", "no_listener")])),
+            Verdict::Fail
+        );
     }
 }

@@ -96,14 +96,7 @@ fn start() -> Result<Daemon> {
             // SAFETY: only async-signal-safe calls between fork and exec.
             unsafe {
                 cmd.pre_exec(|| {
-                    if libc::prctl(
-                        libc::PR_SET_PDEATHSIG,
-                        libc::SIGKILL as libc::c_ulong,
-                        0,
-                        0,
-                        0,
-                    ) != 0
-                    {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                     // The keeper thread may already be gone (it never exits, but be safe).
@@ -133,12 +126,7 @@ fn start() -> Result<Daemon> {
         .map_err(|_| anyhow!("daemon keeper thread died"))?
         .map_err(|e| anyhow!(e))?;
 
-    let d = Daemon {
-        addr,
-        pid,
-        log,
-        bin,
-    };
+    let d = Daemon { addr, pid, log, bin };
     // Wait (bounded) for the metrics endpoint and the attached probe.
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut last_err;

@@ -43,11 +43,7 @@ pub fn get(addr: SocketAddr, path: &str) -> Result<Response> {
         l.starts_with("transfer-encoding:") && l.contains("chunked")
     });
     let body = &raw[split + 4..];
-    let body = if chunked {
-        dechunk(body)?
-    } else {
-        body.to_vec()
-    };
+    let body = if chunked { dechunk(body)? } else { body.to_vec() };
     Ok(Response {
         status,
         body: String::from_utf8(body).context("body is not UTF-8")?,
@@ -68,9 +64,7 @@ pub fn urlencode(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }
@@ -103,7 +97,10 @@ fn dechunk(mut b: &[u8]) -> Result<Vec<u8>> {
 mod tests {
     #[test]
     fn dechunks_and_encodes() {
-        assert_eq!(super::dechunk(b"3\r\nabc\r\n2;x=1\r\nde\r\n0\r\n\r\n").unwrap(), b"abcde");
+        assert_eq!(
+            super::dechunk(b"3\r\nabc\r\n2;x=1\r\nde\r\n0\r\n\r\n").unwrap(),
+            b"abcde"
+        );
         assert_eq!(super::urlencode("a b{c=\"d\"}"), "a%20b%7Bc%3D%22d%22%7D");
     }
 }

@@ -48,8 +48,7 @@ pub fn parse(text: &str) -> Result<Snapshot> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let (key, value) =
-            parse_line(line).with_context(|| format!("line {}: {line:?}", lineno + 1))?;
+        let (key, value) = parse_line(line).with_context(|| format!("line {}: {line:?}", lineno + 1))?;
         samples.insert(key, value);
     }
     Ok(Snapshot { samples })
@@ -130,9 +129,7 @@ fn parse_line(line: &str) -> Result<(Key, f64)> {
         "+Inf" => f64::INFINITY,
         "-Inf" => f64::NEG_INFINITY,
         "NaN" => f64::NAN,
-        v => v
-            .parse::<f64>()
-            .with_context(|| format!("bad value {v:?}"))?,
+        v => v.parse::<f64>().with_context(|| format!("bad value {v:?}"))?,
     };
     labels.sort();
     Ok(((name, labels), value))
@@ -168,11 +165,7 @@ impl Snapshot {
         let port = port.to_string();
         self.sum(
             RESETS_TOTAL,
-            &[
-                ("direction", dir.label()),
-                ("cause", cause),
-                ("port", &port),
-            ],
+            &[("direction", dir.label()), ("cause", cause), ("port", &port)],
         )
     }
 
@@ -226,11 +219,7 @@ impl Snapshot {
 }
 
 /// Rows of `after - before` for `port` that are not zero.
-pub fn port_delta(
-    before: &Snapshot,
-    after: &Snapshot,
-    port: u16,
-) -> BTreeMap<(String, String, String), f64> {
+pub fn port_delta(before: &Snapshot, after: &Snapshot, port: u16) -> BTreeMap<(String, String, String), f64> {
     port_label_delta(before, after, &port.to_string())
 }
 
@@ -290,20 +279,14 @@ plain 7
 "#;
         let s = parse(text).unwrap();
         assert_eq!(s.resets(Dir::Sent, "no_listener", 21001), 4.0);
-        assert_eq!(
-            s.resets_in_state(Dir::Sent, "no_listener", "none", 21001),
-            3.0
-        );
+        assert_eq!(s.resets_in_state(Dir::Sent, "no_listener", "none", 21001), 3.0);
         assert_eq!(s.resets(Dir::Received, "connection_refused", 21001), 2.0);
         assert_eq!(s.resets(Dir::Received, "connection_refused", 21002), 0.0);
         assert_eq!(
             s.get("rstwatch_probe_attached", &[("probe", "tcp_send_reset")]),
             Some(1.0)
         );
-        assert_eq!(
-            s.get("weird", &[("b", "1"), ("a", "x\"y\\z\n")]),
-            Some(1500.0)
-        );
+        assert_eq!(s.get("weird", &[("b", "1"), ("a", "x\"y\\z\n")]), Some(1500.0));
         assert_eq!(s.get("plain", &[]), Some(7.0));
         assert_eq!(s.resets_on_port(Dir::Sent, 21001), 4.0);
     }
@@ -311,8 +294,7 @@ plain 7
     #[test]
     fn delta_rows() {
         let a =
-            parse(r#"rstwatch_resets_total{direction="sent",cause="x",state="none",port="1"} 3"#)
-                .unwrap();
+            parse(r#"rstwatch_resets_total{direction="sent",cause="x",state="none",port="1"} 3"#).unwrap();
         let b = parse(
             "rstwatch_resets_total{direction=\"sent\",cause=\"x\",state=\"none\",port=\"1\"} 5\n\
              rstwatch_resets_total{direction=\"received\",cause=\"y\",state=\"none\",port=\"1\"} 1\n",

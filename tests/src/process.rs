@@ -122,10 +122,7 @@ pub fn tail(path: &Path, n: usize) -> String {
 pub fn temp_dir(what: &str) -> Result<PathBuf> {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::SeqCst);
-    let dir = std::env::temp_dir().join(format!(
-        "rstwatch-tests-{}-{what}-{n}",
-        std::process::id()
-    ));
+    let dir = std::env::temp_dir().join(format!("rstwatch-tests-{}-{what}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     Ok(dir)
@@ -133,9 +130,7 @@ pub fn temp_dir(what: &str) -> Result<PathBuf> {
 
 /// A loopback port nobody listens on now.
 pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port())
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
 }
 
 /// tracefs mounted, as the daemon finds it on a configured node: it mounts it itself as root, but
@@ -177,11 +172,7 @@ pub fn setpriv(bin: &Path, uid: u32, gid: u32, caps: &[&str]) -> Command {
 }
 
 /// Poll `f` until it says true, at most `timeout`; the last error, if any, is in the failure.
-pub fn wait_until(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> Result<bool>,
-) -> Result<()> {
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
     let deadline = Instant::now() + timeout;
     let mut last = String::new();
     loop {
@@ -190,10 +181,7 @@ pub fn wait_until(
             Ok(false) => {}
             Err(e) => last = format!("{e:#}"),
         }
-        ensure!(
-            Instant::now() < deadline,
-            "{what}: not after {timeout:?} {last}"
-        );
+        ensure!(Instant::now() < deadline, "{what}: not after {timeout:?} {last}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -210,9 +198,7 @@ impl Proc {
     /// Spawn `cmd` with stdout+stderr to `log`, inside `netns` if given.
     pub fn spawn(name: &str, cmd: &mut Command, netns: Option<&NetNs>, log: PathBuf) -> Result<Proc> {
         let out = File::create(&log).with_context(|| format!("create {}", log.display()))?;
-        cmd.stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out);
+        cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
         let ns_file = match netns {
             Some(ns) => Some(File::open(ns.path()).with_context(|| format!("open {}", ns.path()))?),
             None => None,
@@ -233,9 +219,7 @@ impl Proc {
 
     /// Some(status) once it has exited.
     pub fn exited(&mut self) -> Option<ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Poll `ready` until it holds, at most `timeout`; an error with the log's tail if the process
@@ -244,7 +228,11 @@ impl Proc {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.exited() {
-                bail!("{} exited during start-up ({status})\n{}", self.name, self.log_tail());
+                bail!(
+                    "{} exited during start-up ({status})\n{}",
+                    self.name,
+                    self.log_tail()
+                );
             }
             if ready() {
                 return Ok(());
@@ -265,7 +253,11 @@ impl Proc {
         ensure!(pid != 0, "{} already stopped", self.name);
         // SAFETY: our own child, not yet reaped, so the PID is still ours.
         let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
-        ensure!(rc == 0, "kill({pid}, {signal}): {}", std::io::Error::last_os_error());
+        ensure!(
+            rc == 0,
+            "kill({pid}, {signal}): {}",
+            std::io::Error::last_os_error()
+        );
         Ok(())
     }
 

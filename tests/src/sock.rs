@@ -109,9 +109,7 @@ pub fn exchange(client: &mut Socket, server: &mut Socket, req: &[u8], resp: &[u8
     server.read_exact(&mut buf).context("server read request")?;
     server.write_all(resp)?;
     let mut buf = vec![0u8; resp.len()];
-    client
-        .read_exact(&mut buf)
-        .context("client read response")?;
+    client.read_exact(&mut buf).context("client read response")?;
     Ok(())
 }
 
@@ -119,10 +117,7 @@ pub const REQUEST: &[u8] = b"GET /resource HTTP/1.1\r\nHost: rstwatch.test\r\n\r
 pub const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
 pub fn local_port(s: &Socket) -> Result<u16> {
-    Ok(s.local_addr()?
-        .as_socket()
-        .context("not an inet socket")?
-        .port())
+    Ok(s.local_addr()?.as_socket().context("not an inet socket")?.port())
 }
 
 /// poll() for readability, bounded.
@@ -268,11 +263,7 @@ pub fn tcp_state(s: &Socket) -> Result<TcpState> {
 }
 
 /// Poll `cond` every millisecond or so until it holds, at most `timeout`.
-pub fn poll_until(
-    what: &str,
-    timeout: Duration,
-    mut cond: impl FnMut() -> Result<bool>,
-) -> Result<()> {
+pub fn poll_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> Result<bool>) -> Result<()> {
     let start = Instant::now();
     loop {
         if cond()? {
@@ -332,12 +323,7 @@ pub fn proc_tcp_here() -> Result<Vec<ProcTcp>> {
 }
 
 /// Wait until the socket (local_port, remote_port) is in `state` in this thread's namespace.
-pub fn wait_proc_state(
-    local_port: u16,
-    remote_port: u16,
-    state: TcpState,
-    timeout: Duration,
-) -> Result<()> {
+pub fn wait_proc_state(local_port: u16, remote_port: u16, state: TcpState, timeout: Duration) -> Result<()> {
     let mut last = Vec::new();
     poll_until(
         &format!("{local_port}->{remote_port} in {state:?} in /proc/net/tcp"),
@@ -442,13 +428,7 @@ fn csum_fold(mut sum: u32) -> u16 {
 }
 
 /// A bare 20-byte IPv4 TCP header (no options) with a correct checksum over the pseudo-header.
-pub fn tcp_segment_v4(
-    src: SocketAddrV4,
-    dst: SocketAddrV4,
-    seq: u32,
-    ack: u32,
-    flags: u8,
-) -> [u8; 20] {
+pub fn tcp_segment_v4(src: SocketAddrV4, dst: SocketAddrV4, seq: u32, ack: u32, flags: u8) -> [u8; 20] {
     let mut h = [0u8; 20];
     h[0..2].copy_from_slice(&src.port().to_be_bytes());
     h[2..4].copy_from_slice(&dst.port().to_be_bytes());

@@ -17,13 +17,14 @@ pub struct Trace {
 impl Trace {
     /// Start it and wait until its programs are attached.
     pub fn start(args: &[&str]) -> Result<Trace> {
-        let mut child = crate::process::dies_with_test(&mut Command::new(crate::process::binary_path()), None)
-            .arg("trace")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting rstwatch trace")?;
+        let mut child =
+            crate::process::dies_with_test(&mut Command::new(crate::process::binary_path()), None)
+                .arg("trace")
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("starting rstwatch trace")?;
         let mut stderr = BufReader::new(child.stderr.take().expect("piped"));
         let mut line = String::new();
         stderr.read_line(&mut line)?;

@@ -53,7 +53,9 @@ fn jvm_pool_reuses_a_keepalive_connection_nginx_closed() -> Result<()> {
     let mut t = AppTest::new("nginx_keepalive", NGINX_KEEPALIVE_PORT)?;
     let conf = nginx_conf(
         &t,
-        &format!("  keepalive_timeout 1s;\n  server {{ listen 127.0.0.1:{NGINX_KEEPALIVE_PORT}; location / {{ return 200 \"ok\\n\"; }} }}"),
+        &format!(
+            "  keepalive_timeout 1s;\n  server {{ listen 127.0.0.1:{NGINX_KEEPALIVE_PORT}; location / {{ return 200 \"ok\\n\"; }} }}"
+        ),
     )?;
     let dir = t.dir.to_string_lossy().into_owned();
     let _nginx = t.start("nginx", "nginx", &["-c", &conf, "-p", &dir])?;
@@ -63,15 +65,27 @@ fn jvm_pool_reuses_a_keepalive_connection_nginx_closed() -> Result<()> {
     let mut client = t.start("java", "java", &args)?;
     client.wait_exit(CLIENT)?;
     let out = printed(&client);
-    ensure!(out.contains("request 1: HTTP/1.1 200 OK"), "the first request must succeed");
-    ensure!(out.contains("request 2: org.apache.http.NoHttpResponseException"), "the reused connection must fail");
+    ensure!(
+        out.contains("request 1: HTTP/1.1 200 OK"),
+        "the first request must succeed"
+    );
+    ensure!(
+        out.contains("request 2: org.apache.http.NoHttpResponseException"),
+        "the reused connection must fail"
+    );
 
     let events = t.expect(
-        &[Reset("sent", "data_after_close", "nginx"), Reset("received", "stale_connection", "java")],
+        &[
+            Reset("sent", "data_after_close", "nginx"),
+            Reset("received", "stale_connection", "java"),
+        ],
         &[AppError("EPIPE", "java")],
     )?;
     let rx = event(&events, "received")?;
-    ensure!(rx["thread"] == "order-service-w", "the thread is named in the event: {rx}");
+    ensure!(
+        rx["thread"] == "order-service-w",
+        "the thread is named in the event: {rx}"
+    );
     Ok(())
 }
 
@@ -81,7 +95,11 @@ fn jvm_pool_reuses_a_keepalive_connection_nginx_closed() -> Result<()> {
 fn jvm_upload_to_a_server_killed_mid_request() -> Result<()> {
     let mut t = AppTest::new("killed_upload", UPLOAD_PORT)?;
     let server_py = source("upload_server.py");
-    let mut server = t.start("upload-server", "python3", &[server_py.to_string_lossy().into_owned(), UPLOAD_PORT.to_string()])?;
+    let mut server = t.start(
+        "upload-server",
+        "python3",
+        &[server_py.to_string_lossy().into_owned(), UPLOAD_PORT.to_string()],
+    )?;
     t.wait_listening(UPLOAD_PORT)?;
     let url = format!("http://127.0.0.1:{UPLOAD_PORT}/upload");
     let args = java_client(&["upload", &url, "upload-worker-3", "4"])?;
@@ -92,7 +110,11 @@ fn jvm_upload_to_a_server_killed_mid_request() -> Result<()> {
     wait_until("unread upload bytes on the server", || {
         let ss = t.ns.exec(&["ss", "-Htn", "state", "established", &filter])?;
         // Recv-Q is the first number (`ss` leaves the State column out when asked for one state).
-        Ok(ss.split_whitespace().find_map(|field| field.parse::<u64>().ok()).unwrap_or(0) > 0)
+        Ok(ss
+            .split_whitespace()
+            .find_map(|field| field.parse::<u64>().ok())
+            .unwrap_or(0)
+            > 0)
     })?;
     let status = server.kill9()?;
     eprintln!("upload server (pid {}) killed: {status}", server.pid());
@@ -106,7 +128,10 @@ fn jvm_upload_to_a_server_killed_mid_request() -> Result<()> {
     );
 
     let events = t.expect(
-        &[Reset("sent", "close_with_unread_data", "python3"), Reset("received", "reset_before_response", "java")],
+        &[
+            Reset("sent", "close_with_unread_data", "python3"),
+            Reset("received", "reset_before_response", "java"),
+        ],
         &[AppError("ECONNRESET", "java")],
     )?;
     let rx = event(&events, "received")?;
@@ -132,22 +157,50 @@ fn nginx_resets_a_request_whose_body_timed_out() -> Result<()> {
     // `Expect:` off: with 100-continue nginx first answers "100 Continue", and a reset after those
     // 25 bytes reads as peer_reset (the kernel counts bytes, not interim responses).
     let url = format!("http://127.0.0.1:{NGINX_BODY_PORT}/upload");
-    let mut curl = t.start("curl", "curl", &["-sS", "-H", "Expect:", "-X", "POST", "-T", "-", &url, "-o", "/dev/null"])?;
-    curl.stdin()?.write_all(b"the first part of a body that never ends ")?;
+    let mut curl = t.start(
+        "curl",
+        "curl",
+        &[
+            "-sS",
+            "-H",
+            "Expect:",
+            "-X",
+            "POST",
+            "-T",
+            "-",
+            &url,
+            "-o",
+            "/dev/null",
+        ],
+    )?;
+    curl.stdin()?
+        .write_all(b"the first part of a body that never ends ")?;
     curl.stdin()?.flush()?;
     // nginx logs nothing for a body timeout: watch the client's connection instead.
     let filter = format!("dport = :{NGINX_BODY_PORT}");
-    let open = || -> Result<bool> { Ok(!t.ns.exec(&["ss", "-Htn", "state", "established", &filter])?.trim().is_empty()) };
+    let open = || -> Result<bool> {
+        Ok(!t
+            .ns
+            .exec(&["ss", "-Htn", "state", "established", &filter])?
+            .trim()
+            .is_empty())
+    };
     wait_until("curl's connection to nginx", open)?;
     wait_until("nginx to drop the stalled request", || Ok(!open()?))?;
     // curl blocks reading its stdin and learns of the reset on its next send: the end of the body.
     curl.close_stdin();
     let status = curl.wait_exit(CLIENT)?;
     let out = printed(&curl);
-    ensure!(out.contains("Connection reset by peer"), "curl ({status}) must see the reset");
+    ensure!(
+        out.contains("Connection reset by peer"),
+        "curl ({status}) must see the reset"
+    );
 
     t.expect(
-        &[Reset("sent", "linger_zero_close", "nginx"), Reset("received", "reset_before_response", "curl")],
+        &[
+            Reset("sent", "linger_zero_close", "nginx"),
+            Reset("received", "reset_before_response", "curl"),
+        ],
         &[AppError("ECONNRESET", "curl")],
     )?;
     Ok(())
@@ -175,10 +228,16 @@ fn haproxy_rejects_a_connection() -> Result<()> {
     ensure!(!status.success(), "curl must fail");
 
     t.expect(
-        &[Reset("sent", "linger_zero_close", "haproxy"), Reset("received", "handshake_reset", "curl")],
+        &[
+            Reset("sent", "linger_zero_close", "haproxy"),
+            Reset("received", "handshake_reset", "curl"),
+        ],
         &[AppError("ECONNRESET", "curl")],
     )?;
-    ensure!(out.contains("curl: (7)") || out.contains("curl: (56)"), "curl's error");
+    ensure!(
+        out.contains("curl: (7)") || out.contains("curl: (56)"),
+        "curl's error"
+    );
     Ok(())
 }
 
@@ -191,7 +250,18 @@ fn redis_idle_timeout_then_a_client_write() -> Result<()> {
     let _redis = t.start(
         "redis-server",
         "redis-server",
-        &["--port", &port, "--bind", "127.0.0.1", "--timeout", "1", "--save", "", "--appendonly", "no"],
+        &[
+            "--port",
+            &port,
+            "--bind",
+            "127.0.0.1",
+            "--timeout",
+            "1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
     )?;
     t.wait_listening(REDIS_PORT)?;
     let mut cli = t.start("redis-cli", "redis-cli", &["-p", &port])?;
@@ -201,7 +271,11 @@ fn redis_idle_timeout_then_a_client_write() -> Result<()> {
     // Wait for the server's idle close (its FIN puts the client in CLOSE_WAIT).
     let filter = format!("dport = :{REDIS_PORT}");
     wait_until("redis to close the idle client", || {
-        Ok(!t.ns.exec(&["ss", "-Htn", "state", "close-wait", &filter])?.trim().is_empty())
+        Ok(!t
+            .ns
+            .exec(&["ss", "-Htn", "state", "close-wait", &filter])?
+            .trim()
+            .is_empty())
     })?;
     cli.stdin()?.write_all(b"PING\n")?;
     cli.stdin()?.flush()?;
@@ -211,7 +285,10 @@ fn redis_idle_timeout_then_a_client_write() -> Result<()> {
     ensure!(out.contains("Server closed the connection"), "redis-cli's error");
 
     t.expect(
-        &[Reset("sent", "data_after_close", "redis-server"), Reset("received", "stale_connection", "redis-cli")],
+        &[
+            Reset("sent", "data_after_close", "redis-server"),
+            Reset("received", "stale_connection", "redis-cli"),
+        ],
         &[AppError("EPIPE", "redis-cli")],
     )?;
     Ok(())

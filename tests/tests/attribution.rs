@@ -97,7 +97,10 @@ fn the_owner_is_named_not_the_task_that_ran_the_softirq() -> Result<()> {
     let by_process = settle(1.0, || {
         series(&[received.as_slice(), &[("comm", process.as_str())]].concat())
     })?;
-    assert_eq!(by_process, 1.0, "the label names the process, whichever thread connected");
+    assert_eq!(
+        by_process, 1.0,
+        "the label names the process, whichever thread connected"
+    );
     for thread in ["rstw-client", "rstw-server"] {
         assert_eq!(series(&[received.as_slice(), &[("comm", thread)]].concat())?, 0.0);
     }
@@ -131,7 +134,11 @@ fn the_owner_is_named_not_the_task_that_ran_the_softirq() -> Result<()> {
             .with_context(|| format!("no {direction} reset in {lines:#?}"))
     };
     let rx = reset("received")?;
-    assert_eq!((rx["comm"].as_str(), rx["thread"].as_str()), (Some(process.as_str()), Some("rstw-client")), "{rx}");
+    assert_eq!(
+        (rx["comm"].as_str(), rx["thread"].as_str()),
+        (Some(process.as_str()), Some("rstw-client")),
+        "{rx}"
+    );
     assert_eq!(rx["context_comm"], "rstw-server", "{rx}");
     assert_eq!(rx["peer_cause"], "linger_zero_close", "{rx}");
     assert_eq!(rx["peer_comm"].as_str(), Some(process.as_str()), "{rx}");
@@ -179,10 +186,7 @@ fn application_errors_are_counted_with_their_process_and_linked_to_the_reset() -
         .iter()
         .find(|l| l["event"] == "reset" && l["cause"] == "stale_connection")
         .context("no stale_connection reset line")?;
-    assert_eq!(
-        error["reset_time"], reset["time"],
-        "linked to that very reset"
-    );
+    assert_eq!(error["reset_time"], reset["time"], "linked to that very reset");
     assert_eq!(reset["comm"].as_str(), Some(process.as_str()));
     assert_eq!(reset["thread"], "rstw-stale");
     assert!(reset["cgroup_id"].as_u64().unwrap() > 0, "{reset}");
@@ -213,10 +217,7 @@ fn a_firewall_reject_is_injected_not_sent() -> Result<()> {
         let _listener = listen(false, REJECT_SYN_PORT, 8)?;
         match connect(false, REJECT_SYN_PORT) {
             Err(e) if format!("{e:#}").contains("refused") => Ok(()),
-            other => bail!(
-                "connect through a REJECT rule: {:?}",
-                other.map(|_| "connected")
-            ),
+            other => bail!("connect through a REJECT rule: {:?}", other.map(|_| "connected")),
         }
     })??;
 
@@ -267,9 +268,6 @@ fn a_firewall_reject_is_injected_not_sent() -> Result<()> {
             0.0
         );
     }
-    assert_eq!(
-        out_rsts, 0,
-        "the kernel's own count agrees: TCP sent no reset"
-    );
+    assert_eq!(out_rsts, 0, "the kernel's own count agrees: TCP sent no reset");
     Ok(())
 }

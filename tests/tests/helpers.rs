@@ -13,12 +13,8 @@ fn netns_sysctl_is_private_and_vanishes() {
     {
         let ns = NetNs::new().unwrap();
         name = ns.name().to_string();
-        ns.sysctl_set("net.ipv4.tcp_abort_on_overflow", "1")
-            .unwrap();
-        assert_eq!(
-            ns.sysctl_get("net.ipv4.tcp_abort_on_overflow").unwrap(),
-            "1"
-        );
+        ns.sysctl_set("net.ipv4.tcp_abort_on_overflow", "1").unwrap();
+        assert_eq!(ns.sysctl_get("net.ipv4.tcp_abort_on_overflow").unwrap(), "1");
         assert_eq!(
             netns::read_sysctl("net/ipv4/tcp_abort_on_overflow").unwrap(),
             host

@@ -14,12 +14,30 @@ use serde_json::Value;
 fn storm(netns: &NetNs, workload: &str, threads: u32, max: u32) -> Value {
     assert!(rstwatch_tests::is_root(), "these tests need root");
     let out = Command::new(env!("CARGO_BIN_EXE_storm"))
-        .args(["--workload", workload, "--netns", &netns.path(), "--threads", &threads.to_string()])
-        .args(["--port", "20000", "--duration-ms", "500", "--max-attempts", &max.to_string()])
+        .args([
+            "--workload",
+            workload,
+            "--netns",
+            &netns.path(),
+            "--threads",
+            &threads.to_string(),
+        ])
+        .args([
+            "--port",
+            "20000",
+            "--duration-ms",
+            "500",
+            "--max-attempts",
+            &max.to_string(),
+        ])
         .output()
         .expect("starting storm");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "storm {workload} failed: {}{stdout}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "storm {workload} failed: {}{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("storm output {stdout:?}: {e}"))
 }
 
@@ -33,8 +51,16 @@ fn refused_storm_is_one_reset_per_attempt() {
     let v = storm(&ns, "refused", 2, 500);
     assert!(n(&v, "attempts") > 0, "{v}");
     assert_eq!(n(&v, "ops"), n(&v, "attempts"), "every attempt refused: {v}");
-    assert_eq!(n(&v, "out_rsts_delta"), n(&v, "attempts"), "one RST per attempt: {v}");
-    assert_eq!(n(&v, "active_opens_delta"), n(&v, "attempts"), "one SYN per attempt: {v}");
+    assert_eq!(
+        n(&v, "out_rsts_delta"),
+        n(&v, "attempts"),
+        "one RST per attempt: {v}"
+    );
+    assert_eq!(
+        n(&v, "active_opens_delta"),
+        n(&v, "attempts"),
+        "one SYN per attempt: {v}"
+    );
 }
 
 #[test]
@@ -45,13 +71,19 @@ fn connection_workload_sends_no_reset() {
     assert!(ops > 0, "{v}");
     assert_eq!(n(&v, "attempts"), ops, "every connection completed: {v}");
     assert_eq!(n(&v, "served"), ops, "the servers answered each one: {v}");
-    assert_eq!(n(&v, "active_opens_delta"), ops, "one handshake per connection: {v}");
+    assert_eq!(
+        n(&v, "active_opens_delta"),
+        ops,
+        "one handshake per connection: {v}"
+    );
     assert_eq!(n(&v, "out_rsts_delta"), 0, "no reset: {v}");
     // Both sides closed: the clients' sockets are in TIME_WAIT (client-first close), none is left
     // open in the namespace.
     let states = ns.exec(&["ss", "-Htan"]).expect("ss");
     assert!(
-        states.lines().all(|l| l.starts_with("TIME-WAIT") || l.starts_with("LISTEN")),
+        states
+            .lines()
+            .all(|l| l.starts_with("TIME-WAIT") || l.starts_with("LISTEN")),
         "sockets left behind:\n{states}"
     );
 }

@@ -29,11 +29,7 @@ fn json_lines(stdout: &str) -> Vec<Value> {
 }
 
 fn with(lines: &[Value], field: &str, value: &str) -> Vec<Value> {
-    lines
-        .iter()
-        .filter(|l| l[field] == value)
-        .cloned()
-        .collect()
+    lines.iter().filter(|l| l[field] == value).cloned().collect()
 }
 
 #[test]
@@ -47,11 +43,7 @@ fn json_lines_describe_real_resets() -> Result<()> {
     assert_eq!(code, 0, "stderr: {stderr}");
     let lines = json_lines(&stdout);
 
-    let linger = with(
-        &with(&lines, "cause", "linger_zero_close"),
-        "direction",
-        "sent",
-    );
+    let linger = with(&with(&lines, "cause", "linger_zero_close"), "direction", "sent");
     assert_eq!(linger.len(), 1, "{stdout}");
     let linger = &linger[0];
     assert_eq!(linger["kernel_reason"], "TCP_STATE");
@@ -64,11 +56,7 @@ fn json_lines_describe_real_resets() -> Result<()> {
     assert!(linger["age_seconds"].as_f64().is_some(), "{linger}");
     assert!(linger["time"].as_str().unwrap().ends_with('Z'));
 
-    let peer = with(
-        &with(&lines, "cause", "peer_reset"),
-        "direction",
-        "received",
-    );
+    let peer = with(&with(&lines, "cause", "peer_reset"), "direction", "received");
     assert_eq!(peer.len(), 1, "{stdout}");
     assert_eq!(peer[0]["remote_port"], JSON_PORT);
     assert_eq!(peer[0]["kernel_reason"], Value::Null);
@@ -80,15 +68,21 @@ fn json_lines_describe_real_resets() -> Result<()> {
     assert_eq!(refused[0]["local_addr"], "::1");
     assert_eq!(refused[0]["state"], "none");
     assert_eq!(refused[0]["trigger_flags"], "SYN");
-    assert_eq!(
-        with(&lines, "cause", "connection_refused").len(),
-        1,
-        "{stdout}"
-    );
+    assert_eq!(with(&lines, "cause", "connection_refused").len(), 1, "{stdout}");
     assert_eq!(lines.len(), 4, "nothing else on this port: {stdout}");
     // What the applications got, each linked to its reset.
-    let errnos: Vec<_> = errors.iter().map(|e| (e["errno"].as_str().unwrap(), e["reset_cause"].as_str())).collect();
-    assert_eq!(errnos, [("ECONNRESET", Some("peer_reset")), ("ECONNREFUSED", Some("connection_refused"))], "{stdout}");
+    let errnos: Vec<_> = errors
+        .iter()
+        .map(|e| (e["errno"].as_str().unwrap(), e["reset_cause"].as_str()))
+        .collect();
+    assert_eq!(
+        errnos,
+        [
+            ("ECONNRESET", Some("peer_reset")),
+            ("ECONNREFUSED", Some("connection_refused"))
+        ],
+        "{stdout}"
+    );
     assert!(stderr.contains("4 resets"), "summary: {stderr}");
     Ok(())
 }
@@ -131,10 +125,7 @@ fn filters_keep_only_what_was_asked() -> Result<()> {
 }
 
 fn tmux(args: &[&str]) -> Result<String> {
-    let out = Command::new("tmux")
-        .args(args)
-        .output()
-        .context("running tmux")?;
+    let out = Command::new("tmux").args(args).output().context("running tmux")?;
     if !out.status.success() {
         bail!("tmux {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -287,17 +278,30 @@ fn the_event_budget_drops_details_never_counts() -> Result<()> {
         std::thread::sleep(Duration::from_millis(300));
         let metrics = daemon.scrape()?;
         let port = BUDGET_PORT.to_string();
-        let sent = metrics.sum("rstwatch_resets_total", &[("port", &port), ("cause", "no_listener")]) as u64;
+        let sent = metrics.sum(
+            "rstwatch_resets_total",
+            &[("port", &port), ("cause", "no_listener")],
+        ) as u64;
         assert_eq!(sent, 300, "counts do not depend on events");
         let dropped = metrics.sum("rstwatch_events_lost_total", &[("stage", "over_event_budget")]) as u64;
-        assert!(dropped >= 600 - 2 * 2 * 2 - 10, "{dropped} event details dropped of 600+");
+        assert!(
+            dropped >= 600 - 2 * 2 * 2 - 10,
+            "{dropped} event details dropped of 600+"
+        );
         Ok(())
     })();
     daemon.proc.stop(Duration::from_secs(10))?;
     let log = daemon.log_text();
     result?;
-    let events: String = log.lines().filter(|l| l.starts_with('{')).map(|l| format!("{l}\n")).collect();
-    let delivered = json_lines(&events).iter().filter(|l| l["service_port"] == BUDGET_PORT).count();
+    let events: String = log
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let delivered = json_lines(&events)
+        .iter()
+        .filter(|l| l["service_port"] == BUDGET_PORT)
+        .count();
     assert!(delivered <= 12, "at most ~2 per second got through: {delivered}");
     Ok(())
 }

@@ -71,21 +71,48 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             setup::ensure_test_tools()?;
             let binary = build_release(&root)?;
             setup::say("unit tests");
-            cargo(&root, &["test", "--release", "--workspace", "--exclude", "rstwatch-tests", "--exclude", "rstwatch-ebpf"], &args)?;
+            cargo(
+                &root,
+                &[
+                    "test",
+                    "--release",
+                    "--workspace",
+                    "--exclude",
+                    "rstwatch-tests",
+                    "--exclude",
+                    "rstwatch-ebpf",
+                ],
+                &args,
+            )?;
             setup::say("root integration tests (real sockets, real resets, real /metrics)");
             if !setup::is_root() {
                 bail!("the integration tests load eBPF programs and create network namespaces: run as root");
             }
-            let mut command =
-                cargo_command(&root, &["test", "--release", "--no-fail-fast", "-p", "rstwatch-tests"], &args);
+            let mut command = cargo_command(
+                &root,
+                &["test", "--release", "--no-fail-fast", "-p", "rstwatch-tests"],
+                &args,
+            );
             command.env("RSTWATCH_BIN", &binary);
             check(&mut command)?;
             // The daemon prefers BTF tracepoints; the classic ones (tracefs offsets) are what
             // older kernels get, so the reset scenarios run on them too.
             setup::say("reset scenarios again, on classic tracepoints (--program-type tracepoint)");
-            let classic = ["test", "--release", "--no-fail-fast", "-p", "rstwatch-tests", "--test", "resets", "--test", "attribution"];
+            let classic = [
+                "test",
+                "--release",
+                "--no-fail-fast",
+                "-p",
+                "rstwatch-tests",
+                "--test",
+                "resets",
+                "--test",
+                "attribution",
+            ];
             let mut command = cargo_command(&root, &classic, &args);
-            command.env("RSTWATCH_BIN", &binary).env("RSTWATCH_DAEMON_ARGS", "--program-type tracepoint");
+            command
+                .env("RSTWATCH_BIN", &binary)
+                .env("RSTWATCH_DAEMON_ARGS", "--program-type tracepoint");
             check(&mut command)?;
             // Older kernels: the same scenarios on Debian's 6.1 and 6.12 under qemu.
             let kernels = std::env::var("RSTWATCH_VM_KERNELS").unwrap_or_else(|_| "6.1,6.12".into());
@@ -102,12 +129,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 fn build_release(root: &Path) -> anyhow::Result<PathBuf> {
     let binary = release_dir(root).join("rstwatch");
-    setup::say(&format!("building {} (the eBPF object is built and embedded by aya-build)", binary.display()));
+    setup::say(&format!(
+        "building {} (the eBPF object is built and embedded by aya-build)",
+        binary.display()
+    ));
     cargo(root, &["build", "--release", "-p", "rstwatch"], &[])?;
     Ok(binary)
 }
@@ -140,7 +173,9 @@ pub fn cargo(root: &Path, args: &[&str], extra: &[String]) -> anyhow::Result<()>
 }
 
 fn check(command: &mut Command) -> anyhow::Result<()> {
-    let status = command.status().with_context(|| format!("starting {command:?}"))?;
+    let status = command
+        .status()
+        .with_context(|| format!("starting {command:?}"))?;
     if !status.success() {
         bail!("{command:?} failed: {status}");
     }

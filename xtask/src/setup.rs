@@ -11,7 +11,13 @@ use anyhow::{Context as _, bail};
 
 /// The bpf-linker that links Rust eBPF objects with Debian's LLVM 22 (ENVIRONMENT.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
-const LLVM_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev", "libxml2-dev"];
+const LLVM_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "libxml2-dev",
+];
 /// What the integration tests drive: `ip` and `ss` (network namespaces, socket kills), tmux (the
 /// trace view in a real terminal), nft (a firewall REJECT), unshare and setpriv (hardening).
 const TEST_PACKAGES: &[(&str, &str)] = &[
@@ -60,13 +66,19 @@ pub fn ensure_test_tools() -> anyhow::Result<()> {
 }
 
 fn ensure_rust_src() -> anyhow::Result<()> {
-    let installed = output("rustup", &["component", "list", "--toolchain", "nightly", "--installed"])
-        .context("rustup is needed to build the eBPF side with the nightly toolchain")?;
+    let installed = output(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    )
+    .context("rustup is needed to build the eBPF side with the nightly toolchain")?;
     if installed.lines().any(|line| line.starts_with("rust-src")) {
         return Ok(());
     }
     say("installing rust-src for the nightly toolchain (build-std for bpfel-unknown-none)");
-    run("rustup", &["component", "add", "rust-src", "--toolchain", "nightly"])
+    run(
+        "rustup",
+        &["component", "add", "rust-src", "--toolchain", "nightly"],
+    )
 }
 
 fn ensure_bpf_linker() -> anyhow::Result<()> {
@@ -76,17 +88,32 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
         .output()
         .ok()
         .map(|out| String::from_utf8_lossy(&out.stdout).into_owned());
-    if current.as_deref().is_some_and(|version| version.contains(BPF_LINKER_VERSION)) {
+    if current
+        .as_deref()
+        .is_some_and(|version| version.contains(BPF_LINKER_VERSION))
+    {
         return Ok(());
     }
-    let missing: Vec<&str> = LLVM_PACKAGES.iter().copied().filter(|p| !dpkg_installed(p)).collect();
+    let missing: Vec<&str> = LLVM_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
     if !missing.is_empty() {
         apt_install(&missing)?;
     }
-    say(&format!("building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (a few minutes, once)"));
+    say(&format!(
+        "building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (a few minutes, once)"
+    ));
     let path = format!("/usr/lib/llvm-22/bin:{}", path_with_cargo_bin().to_string_lossy());
     let status = Command::new("cargo")
-        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked"])
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+        ])
         .args(["--no-default-features", "--features", "llvm-22"])
         .env("PATH", path)
         .status()
@@ -147,6 +174,9 @@ pub fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
 }
 
 pub fn output(program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(program).args(args).output().with_context(|| format!("starting {program}"))?;
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("starting {program}"))?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

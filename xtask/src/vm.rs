@@ -30,7 +30,10 @@ pub struct Options {
 
 impl Options {
     pub fn for_kernels(list: &str) -> Options {
-        Options { kernels: list.split(',').map(|k| k.trim().to_string()).collect(), timeout: 900 }
+        Options {
+            kernels: list.split(',').map(|k| k.trim().to_string()).collect(),
+            timeout: 900,
+        }
     }
 }
 
@@ -46,8 +49,12 @@ const MODULES: [&str; 2] = ["inet_diag", "tcp_diag"];
 /// Userspace programs the runner uses inside the VM (copied with their shared libraries).
 const PROGRAMS: [&str; 2] = ["/usr/sbin/ip", "/usr/bin/ss"];
 
-const VM_PACKAGES: [(&str, &str); 4] =
-    [("qemu-system-x86_64", "qemu-system-x86"), ("cpio", "cpio"), ("xz", "xz-utils"), ("ip", "iproute2")];
+const VM_PACKAGES: [(&str, &str); 4] = [
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("cpio", "cpio"),
+    ("xz", "xz-utils"),
+    ("ip", "iproute2"),
+];
 
 /// `/init` of the initramfs: mount what rstwatch and the scenarios need, run the runner, then
 /// check that rstwatch refuses clearly on a kernel without BTF, and power off.
@@ -96,7 +103,13 @@ pub fn run(root: &Path, options: Options) -> anyhow::Result<()> {
                     bail!("unknown kernel {vm:?}: choose from host, 6.1, 6.12");
                 };
                 ensure_vm_tools()?;
-                run_in_vm(vm, pattern, &binaries, &work, Duration::from_secs(options.timeout))
+                run_in_vm(
+                    vm,
+                    pattern,
+                    &binaries,
+                    &work,
+                    Duration::from_secs(options.timeout),
+                )
             }
         };
         let report = result.unwrap_or_else(|err| Report::broken(name, format!("{err:#}")));
@@ -113,12 +126,23 @@ pub fn run(root: &Path, options: Options) -> anyhow::Result<()> {
             r.count("ok"),
             r.count("blind"),
             r.count("FAIL"),
-            r.problem.as_deref().map(|p| format!("  ({p})")).unwrap_or_default()
+            r.problem
+                .as_deref()
+                .map(|p| format!("  ({p})"))
+                .unwrap_or_default()
         );
     }
-    let failed: Vec<_> = results.iter().filter(|r| !r.passed()).map(|r| r.name.as_str()).collect();
+    let failed: Vec<_> = results
+        .iter()
+        .filter(|r| !r.passed())
+        .map(|r| r.name.as_str())
+        .collect();
     if !failed.is_empty() {
-        bail!("regressions on: {} (console logs in {})", failed.join(", "), work.display());
+        bail!(
+            "regressions on: {} (console logs in {})",
+            failed.join(", "),
+            work.display()
+        );
     }
     Ok(())
 }
@@ -131,7 +155,22 @@ struct Binaries {
 fn build(root: &Path) -> anyhow::Result<Binaries> {
     setup::ensure_build_tools()?;
     say("building rstwatch and the scenario runner (release)");
-    crate::cargo(root, &["build", "--release", "-p", "rstwatch", "-p", "rstwatch-tests", "--bin", "rstwatch", "--bin", "scenario"], &[])?;
+    crate::cargo(
+        root,
+        &[
+            "build",
+            "--release",
+            "-p",
+            "rstwatch",
+            "-p",
+            "rstwatch-tests",
+            "--bin",
+            "rstwatch",
+            "--bin",
+            "scenario",
+        ],
+        &[],
+    )?;
     Ok(Binaries {
         rstwatch: crate::release_dir(root).join("rstwatch"),
         scenario: crate::release_dir(root).join("scenario"),
@@ -139,8 +178,11 @@ fn build(root: &Path) -> anyhow::Result<Binaries> {
 }
 
 fn ensure_vm_tools() -> anyhow::Result<()> {
-    let mut missing: Vec<&str> =
-        VM_PACKAGES.iter().filter(|(tool, _)| !setup::on_path(tool)).map(|(_, package)| *package).collect();
+    let mut missing: Vec<&str> = VM_PACKAGES
+        .iter()
+        .filter(|(tool, _)| !setup::on_path(tool))
+        .map(|(_, package)| *package)
+        .collect();
     // The initramfs needs the statically linked busybox, not the dynamic one.
     if !setup::dpkg_installed("busybox-static") {
         missing.push("busybox-static");
@@ -178,7 +220,12 @@ fn run_in_vm(
     let kernel = fetch_kernel(pattern, work)?;
     say(&format!("{name}: {} under qemu (TCG)", kernel.package));
     let initrd = work.join(format!("initramfs-{name}.cpio.gz"));
-    build_initramfs(&kernel, binaries, &work.join(format!("initramfs-{name}")), &initrd)?;
+    build_initramfs(
+        &kernel,
+        binaries,
+        &work.join(format!("initramfs-{name}")),
+        &initrd,
+    )?;
     let log = work.join(format!("{name}.log"));
     boot(&kernel.vmlinuz, &initrd, &log, timeout)?;
     let text = String::from_utf8_lossy(&std::fs::read(&log)?).into_owned();
@@ -222,26 +269,43 @@ fn fetch_kernel(pattern: &str, work: &Path) -> anyhow::Result<Kernel> {
             .with_context(|| format!("apt-get download left no .deb in {}", dir.display()))?;
         let partial = dir.join("root.partial");
         let _ = std::fs::remove_dir_all(&partial);
-        setup::run("dpkg", &["-x", &deb.to_string_lossy(), &partial.to_string_lossy()])?;
+        setup::run(
+            "dpkg",
+            &["-x", &deb.to_string_lossy(), &partial.to_string_lossy()],
+        )?;
         std::fs::rename(&partial, &unpacked)?;
         std::fs::remove_file(&deb)?;
     }
     let vmlinuz = std::fs::read_dir(unpacked.join("boot"))?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
         .with_context(|| format!("no vmlinuz in {}", unpacked.display()))?;
-    Ok(Kernel { package, vmlinuz, modules: unpacked.join("lib/modules") })
+    Ok(Kernel {
+        package,
+        vmlinuz,
+        modules: unpacked.join("lib/modules"),
+    })
 }
 
 fn apt_search(pattern: &str) -> anyhow::Result<Vec<String>> {
     let text = setup::output("apt-cache", &["search", "--names-only", pattern])?;
-    Ok(text.lines().filter_map(|line| line.split_whitespace().next()).map(String::from).collect())
+    Ok(text
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .map(String::from)
+        .collect())
 }
 
 /// Numbers in a package name, for "newest": linux-image-6.12.117+deb12 > linux-image-6.12.99+deb12.
 fn version_key(name: &str) -> Vec<u64> {
-    name.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty()).filter_map(|s| s.parse().ok()).collect()
+    name.split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| s.parse().ok())
+        .collect()
 }
 
 fn build_initramfs(kernel: &Kernel, binaries: &Binaries, staging: &Path, out: &Path) -> anyhow::Result<()> {
@@ -325,7 +389,16 @@ fn find_module(modules: &Path, name: &str) -> anyhow::Result<PathBuf> {
 fn boot(vmlinuz: &Path, initrd: &Path, log: &Path, timeout: Duration) -> anyhow::Result<()> {
     let console = std::fs::File::create(log)?;
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-m", "2048", "-smp", "2", "-nographic", "-no-reboot"])
+        .args([
+            "-accel",
+            "tcg",
+            "-m",
+            "2048",
+            "-smp",
+            "2",
+            "-nographic",
+            "-no-reboot",
+        ])
         .arg("-kernel")
         .arg(vmlinuz)
         .arg("-initrd")
@@ -348,7 +421,10 @@ fn boot(vmlinuz: &Path, initrd: &Path, log: &Path, timeout: Duration) -> anyhow:
             // Our own child, by PID.
             let _ = child.kill();
             let _ = child.wait();
-            bail!("the VM did not finish within {timeout:?}; console log in {}", log.display());
+            bail!(
+                "the VM did not finish within {timeout:?}; console log in {}",
+                log.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -417,8 +493,13 @@ impl Report {
                 "refuses" => {
                     let mut parts = rest.splitn(3, ' ');
                     let what = parts.next().unwrap_or("").to_string();
-                    let code = parts.next().and_then(|c| c.strip_prefix("exit=")).and_then(|c| c.parse().ok());
-                    report.refusals.push((what, code.unwrap_or(-1), parts.next().unwrap_or("").to_string()));
+                    let code = parts
+                        .next()
+                        .and_then(|c| c.strip_prefix("exit="))
+                        .and_then(|c| c.parse().ok());
+                    report
+                        .refusals
+                        .push((what, code.unwrap_or(-1), parts.next().unwrap_or("").to_string()));
                 }
                 "done" => report.finished = true,
                 _ => {}
@@ -449,12 +530,27 @@ impl Report {
     }
 
     fn render(&self, took: Duration) -> String {
-        let mut out = format!("\n== {} ({}), {:.0} s ==\n", self.name, self.release, took.as_secs_f64());
+        let mut out = format!(
+            "\n== {} ({}), {:.0} s ==\n",
+            self.name,
+            self.release,
+            took.as_secs_f64()
+        );
         if let Some(problem) = &self.problem {
             let _ = writeln!(out, "  problem: {problem}");
         }
-        let attached: Vec<_> = self.probes.iter().filter(|(_, on)| *on).map(|(p, _)| p.as_str()).collect();
-        let missing: Vec<_> = self.probes.iter().filter(|(_, on)| !*on).map(|(p, _)| p.as_str()).collect();
+        let attached: Vec<_> = self
+            .probes
+            .iter()
+            .filter(|(_, on)| *on)
+            .map(|(p, _)| p.as_str())
+            .collect();
+        let missing: Vec<_> = self
+            .probes
+            .iter()
+            .filter(|(_, on)| !*on)
+            .map(|(p, _)| p.as_str())
+            .collect();
         let _ = writeln!(out, "  probes attached: {}", attached.join(" "));
         if !missing.is_empty() {
             let _ = writeln!(out, "  not attached:    {}", missing.join(" "));
@@ -462,14 +558,26 @@ impl Report {
         let _ = writeln!(
             out,
             "  declared blind:  {}",
-            if self.blind.is_empty() { "nothing".to_string() } else { self.blind.join(" ") }
+            if self.blind.is_empty() {
+                "nothing".to_string()
+            } else {
+                self.blind.join(" ")
+            }
         );
         for (scenario, verdict, expected, got) in &self.scenarios {
-            let seen = if expected == got || verdict == "ok" { got.clone() } else { format!("expected {expected}, got {got}") };
+            let seen = if expected == got || verdict == "ok" {
+                got.clone()
+            } else {
+                format!("expected {expected}, got {got}")
+            };
             let _ = writeln!(out, "  {verdict:<5} {scenario:<22} {seen}");
         }
         for (what, code, message) in &self.refusals {
-            let verdict = if self.refusal_ok(what, *code, message) { "ok" } else { "FAIL" };
+            let verdict = if self.refusal_ok(what, *code, message) {
+                "ok"
+            } else {
+                "FAIL"
+            };
             let _ = writeln!(out, "  {verdict:<5} refuses {what}: exit {code}: {message}");
         }
         let _ = writeln!(out, "  console log: {}", self.log.display());
@@ -483,7 +591,11 @@ mod tests {
 
     #[test]
     fn newest_package_by_numbers() {
-        let mut names = vec!["linux-image-6.12.99+deb12-amd64", "linux-image-6.12.117+deb12-amd64", "linux-image-6.12.100+deb12-amd64"];
+        let mut names = vec![
+            "linux-image-6.12.99+deb12-amd64",
+            "linux-image-6.12.117+deb12-amd64",
+            "linux-image-6.12.100+deb12-amd64",
+        ];
         names.sort_by_key(|n| version_key(n));
         assert_eq!(names.last(), Some(&"linux-image-6.12.117+deb12-amd64"));
     }
@@ -493,7 +605,13 @@ mod tests {
         let console = "noise\r\nRSTW kernel 6.1.0-56-amd64\r\n[ 1.0] RSTW probe tcp_send_reset 1\r\nRSTW probe tcp_v4_send_reset 0\nRSTW blind sent/no_listener\nRSTW scenario refused_v4 blind expected=sent/no_listener/none+1 got=received/connection_refused/syn_sent+1\nRSTW scenario linger0 ok expected=a got=a\nRSTW refuses no_btf exit=1 rstwatch: error: no BTF\nRSTW done failed=0\n";
         let r = Report::parse("6.1", console, PathBuf::from("x.log"));
         assert_eq!(r.release, "6.1.0-56-amd64");
-        assert_eq!(r.probes, vec![("tcp_send_reset".to_string(), true), ("tcp_v4_send_reset".to_string(), false)]);
+        assert_eq!(
+            r.probes,
+            vec![
+                ("tcp_send_reset".to_string(), true),
+                ("tcp_v4_send_reset".to_string(), false)
+            ]
+        );
         assert_eq!((r.count("ok"), r.count("blind"), r.count("FAIL")), (1, 1, 0));
         assert!(r.passed());
         let failed = console.replace("linger0 ok", "linger0 FAIL");

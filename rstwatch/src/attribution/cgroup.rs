@@ -80,14 +80,22 @@ pub fn parse(path: &str) -> Option<Container> {
     let mut pod: Option<(String, Option<Qos>)> = None;
     let mut found = None;
     let mut parent = "";
-    for segment in path.split('/').filter(|s| !s.is_empty() && *s != "." && *s != "..") {
+    for segment in path
+        .split('/')
+        .filter(|s| !s.is_empty() && *s != "." && *s != "..")
+    {
         in_kubepods |= segment.contains("kubepods");
         if let Some(this_pod) = in_kubepods.then(|| pod_segment(parent, segment)).flatten() {
             pod = Some(this_pod);
         } else if let Some((runtime, id)) = container_segment(parent, segment) {
             // A pod level seen before an outer container belongs to nobody inside it.
             let (pod_uid, qos) = pod.take().map_or((None, None), |(uid, qos)| (Some(uid), qos));
-            found = Some(Container { runtime, container_id: id.to_string(), pod_uid, qos });
+            found = Some(Container {
+                runtime,
+                container_id: id.to_string(),
+                pod_uid,
+                qos,
+            });
         }
         parent = segment;
     }
@@ -102,7 +110,10 @@ pub fn parse(path: &str) -> Option<Container> {
 #[cfg_attr(not(test), allow(dead_code))]
 pub fn parse_proc_cgroup(text: &str) -> Option<Container> {
     let lines = || text.lines().map(str::trim).filter(|l| !l.is_empty());
-    lines().filter(|l| l.starts_with("0::")).chain(lines().filter(|l| !l.starts_with("0::"))).find_map(parse)
+    lines()
+        .filter(|l| l.starts_with("0::"))
+        .chain(lines().filter(|l| !l.starts_with("0::")))
+        .find_map(parse)
 }
 
 /// `hierarchy-id:controllers:path` → `path`; a plain path is returned as it is.
@@ -166,7 +177,16 @@ fn container_segment<'a>(parent: &str, segment: &'a str) -> Option<(Runtime, &'a
     let (runtime, id) = PREFIXES
         .iter()
         .find_map(|(prefix, runtime)| stem.strip_prefix(prefix).map(|id| (*runtime, id)))
-        .unwrap_or_else(|| (if parent == "docker" { Runtime::Docker } else { Runtime::Other }, stem));
+        .unwrap_or_else(|| {
+            (
+                if parent == "docker" {
+                    Runtime::Docker
+                } else {
+                    Runtime::Other
+                },
+                stem,
+            )
+        });
     is_container_id(id).then_some((runtime, id))
 }
 

@@ -49,7 +49,12 @@ impl Attribution {
 
     pub fn new(paths: CgroupPaths, pods: Option<PodIndex>) -> Attribution {
         let max_entries = paths.limits().max_entries;
-        Attribution { paths: Mutex::new(paths), parsed: Mutex::default(), max_entries, pods }
+        Attribution {
+            paths: Mutex::new(paths),
+            parsed: Mutex::default(),
+            max_entries,
+            pods,
+        }
     }
 
     /// `None` when the id cannot be resolved: 0 (no owner recorded), a cgroup already removed,
@@ -57,21 +62,44 @@ impl Attribution {
     pub fn describe(&self, cgroup_id: u64) -> Option<Workload> {
         let resolved = self.resolve(cgroup_id)?;
         let pod = match (&self.pods, &resolved.container) {
-            (Some(pods), Some(Container { pod_uid: Some(uid), container_id, .. })) => pods.lookup(uid, container_id),
+            (
+                Some(pods),
+                Some(Container {
+                    pod_uid: Some(uid),
+                    container_id,
+                    ..
+                }),
+            ) => pods.lookup(uid, container_id),
             _ => None,
         };
-        Some(Workload { container: resolved.container.clone(), pod, cgroup_path: resolved.path.to_string() })
+        Some(Workload {
+            container: resolved.container.clone(),
+            pod,
+            cgroup_path: resolved.path.to_string(),
+        })
     }
 
     fn resolve(&self, cgroup_id: u64) -> Option<Arc<Resolved>> {
         if cgroup_id == 0 {
             return None;
         }
-        if let Some(hit) = self.parsed.lock().unwrap_or_else(|p| p.into_inner()).get(&cgroup_id) {
+        if let Some(hit) = self
+            .parsed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&cgroup_id)
+        {
             return Some(hit.clone());
         }
-        let path = self.paths.lock().unwrap_or_else(|p| p.into_inner()).resolve(cgroup_id)?;
-        let resolved = Arc::new(Resolved { container: cgroup::parse(&path), path });
+        let path = self
+            .paths
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .resolve(cgroup_id)?;
+        let resolved = Arc::new(Resolved {
+            container: cgroup::parse(&path),
+            path,
+        });
         let mut parsed = self.parsed.lock().unwrap_or_else(|p| p.into_inner());
         if parsed.len() >= self.max_entries {
             parsed.clear();

@@ -44,7 +44,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { rescan_interval: Duration::from_secs(10), max_entries: 16384, by_handle: true }
+        Limits {
+            rescan_interval: Duration::from_secs(10),
+            max_entries: 16384,
+            by_handle: true,
+        }
     }
 }
 
@@ -74,9 +78,12 @@ impl CgroupPaths {
     /// sub-tree (and mountinfo calls that `/` too); the host's, bind-mounted in, shows all. The
     /// real root is the directory whose id is 1.
     pub fn open(limits: Limits) -> anyhow::Result<CgroupPaths> {
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+        let mountinfo =
+            std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
         let mounts = cgroup2_mounts(&mountinfo);
-        let whole = mounts.iter().find(|mount| std::fs::metadata(mount).is_ok_and(|m| m.ino() == ROOT_CGROUP_ID));
+        let whole = mounts
+            .iter()
+            .find(|mount| std::fs::metadata(mount).is_ok_and(|m| m.ino() == ROOT_CGROUP_ID));
         let root = match (whole, mounts.first()) {
             (Some(whole), _) => whole.clone(),
             (None, Some(part)) => {
@@ -97,10 +104,19 @@ impl CgroupPaths {
 
     /// A cgroup2 mount (or, for tests of the walk, any directory tree) at `root`.
     pub fn at(root: PathBuf, limits: Limits) -> anyhow::Result<CgroupPaths> {
-        let root_dir = File::open(&root).with_context(|| format!("opening cgroup2 root {}", root.display()))?;
+        let root_dir =
+            File::open(&root).with_context(|| format!("opening cgroup2 root {}", root.display()))?;
         let root_dir = limits.by_handle.then_some(root_dir);
         let stats = PathStats::default();
-        Ok(CgroupPaths { root, root_dir, cache: HashMap::new(), gone: HashSet::new(), last_scan: None, limits, stats })
+        Ok(CgroupPaths {
+            root,
+            root_dir,
+            cache: HashMap::new(),
+            gone: HashSet::new(),
+            last_scan: None,
+            limits,
+            stats,
+        })
     }
 
     #[cfg(test)]
@@ -114,7 +130,10 @@ impl CgroupPaths {
 
     #[cfg(test)]
     pub fn stats(&self) -> PathStats {
-        PathStats { entries: self.cache.len(), ..self.stats }
+        PathStats {
+            entries: self.cache.len(),
+            ..self.stats
+        }
     }
 
     /// The path of cgroup `id` relative to the mount (`/kubepods.slice/...`, `/` for the root).
@@ -136,7 +155,10 @@ impl CgroupPaths {
                     return None;
                 }
                 Err(err) => {
-                    info!("cgroup ids will be resolved by walking {} ({err})", self.root.display());
+                    info!(
+                        "cgroup ids will be resolved by walking {} ({err})",
+                        self.root.display()
+                    );
                     self.root_dir = None;
                 }
             }
@@ -147,7 +169,10 @@ impl CgroupPaths {
 
     fn remember(&mut self, id: u64, path: Arc<str>) -> Arc<str> {
         if self.cache.len() >= self.limits.max_entries {
-            debug!("cgroup path cache full ({} entries): starting over", self.cache.len());
+            debug!(
+                "cgroup path cache full ({} entries): starting over",
+                self.cache.len()
+            );
             self.cache.clear();
         }
         self.cache.insert(id, path.clone());
@@ -155,7 +180,10 @@ impl CgroupPaths {
     }
 
     fn by_handle(&mut self, id: u64) -> io::Result<Arc<str>> {
-        let root_dir = self.root_dir.as_ref().ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
+        let root_dir = self
+            .root_dir
+            .as_ref()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
         self.stats.handle_lookups += 1;
         #[repr(C)]
         struct KernfsHandle {
@@ -163,7 +191,11 @@ impl CgroupPaths {
             handle_type: libc::c_int,
             id: [u8; 8],
         }
-        let mut handle = KernfsHandle { handle_bytes: 8, handle_type: FILEID_KERNFS, id: id.to_ne_bytes() };
+        let mut handle = KernfsHandle {
+            handle_bytes: 8,
+            handle_type: FILEID_KERNFS,
+            id: id.to_ne_bytes(),
+        };
         let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC;
         // SAFETY: `handle` is a file_handle header followed by its 8 payload bytes, as handle_bytes says.
         let fd = unsafe { libc::open_by_handle_at(root_dir.as_raw_fd(), (&raw mut handle).cast(), flags) };
@@ -181,12 +213,19 @@ impl CgroupPaths {
 
     fn rescan_if_due(&mut self) {
         let now = Instant::now();
-        if self.last_scan.is_some_and(|last| now.duration_since(last) < self.limits.rescan_interval) {
+        if self
+            .last_scan
+            .is_some_and(|last| now.duration_since(last) < self.limits.rescan_interval)
+        {
             return;
         }
         self.last_scan = Some(now);
         self.stats.scans += 1;
-        let PathStats { scans, handle_lookups, .. } = self.stats;
+        let PathStats {
+            scans,
+            handle_lookups,
+            ..
+        } = self.stats;
         debug!(
             "walking {} for an unknown cgroup id (walk {scans}, {handle_lookups} handle lookups)",
             self.root.display()
@@ -200,18 +239,25 @@ impl CgroupPaths {
 
 /// Every directory under `root` by inode (== cgroup id on cgroup2), up to `max_entries`.
 fn walk(root: &Path, max_entries: usize) -> anyhow::Result<HashMap<u64, Arc<str>>> {
-    let root_id = std::fs::metadata(root).with_context(|| format!("stat {}", root.display()))?.ino();
+    let root_id = std::fs::metadata(root)
+        .with_context(|| format!("stat {}", root.display()))?
+        .ino();
     let mut found = HashMap::from([(root_id, Arc::from("/"))]);
     let mut pending = vec![(root.to_path_buf(), String::new())];
     while let Some((dir, relative)) = pending.pop() {
         // A cgroup removed during the walk is simply not there any more.
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for entry in entries.flatten() {
             if !entry.file_type().is_ok_and(|kind| kind.is_dir()) {
                 continue;
             }
             if found.len() >= max_entries {
-                warn!("more than {max_entries} cgroups under {}: the rest are not cached", root.display());
+                warn!(
+                    "more than {max_entries} cgroups under {}: the rest are not cached",
+                    root.display()
+                );
                 return Ok(found);
             }
             // readdir's d_ino is kernfs_ino(), the same id, without a stat per directory.
@@ -261,7 +307,9 @@ fn unescape(field: &str) -> PathBuf {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok());
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok());
         match (bytes[i], octal) {
             (b'\\', Some(byte)) => {
                 out.push(byte);

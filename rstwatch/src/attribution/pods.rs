@@ -63,7 +63,10 @@ impl Default for PodIndex {
 
 impl PodIndex {
     pub fn new(deleted_grace: Duration) -> PodIndex {
-        PodIndex { inner: Arc::default(), deleted_grace }
+        PodIndex {
+            inner: Arc::default(),
+            deleted_grace,
+        }
     }
 
     pub fn lookup(&self, pod_uid: &str, container_id: &str) -> Option<PodRef> {
@@ -89,7 +92,9 @@ impl PodIndex {
     pub fn live_pods(&self) -> usize {
         self.read(|index| {
             let live = index.by_uid.values().filter(|(_, deleted)| deleted.is_none());
-            live.map(|(entry, _)| Arc::as_ptr(entry)).collect::<HashSet<_>>().len()
+            live.map(|(entry, _)| Arc::as_ptr(entry))
+                .collect::<HashSet<_>>()
+                .len()
         })
     }
 
@@ -98,10 +103,15 @@ impl PodIndex {
     }
 
     fn write<T>(&self, f: impl FnOnce(&mut Index) -> T) -> T {
-        let mut index = self.inner.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut index = self
+            .inner
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         // Purging here keeps the index bounded by the pods alive within the grace period.
         let grace = self.deleted_grace;
-        index.by_uid.retain(|_, (_, deleted)| deleted.is_none_or(|at| at.elapsed() <= grace));
+        index
+            .by_uid
+            .retain(|_, (_, deleted)| deleted.is_none_or(|at| at.elapsed() <= grace));
         f(&mut index)
     }
 
@@ -152,7 +162,12 @@ impl PodIndex {
 fn keys(pod: &WatchedPod) -> Vec<String> {
     let meta = &pod.metadata;
     let mirror = meta.annotations.as_ref().and_then(|a| a.get(MIRROR_ANNOTATION));
-    meta.uid.iter().chain(mirror).filter(|uid| !uid.is_empty()).cloned().collect()
+    meta.uid
+        .iter()
+        .chain(mirror)
+        .filter(|uid| !uid.is_empty())
+        .cloned()
+        .collect()
 }
 
 fn entry(pod: &WatchedPod) -> Option<PodEntry> {
@@ -160,22 +175,37 @@ fn entry(pod: &WatchedPod) -> Option<PodEntry> {
     let (namespace, name) = (meta.namespace.clone()?, meta.name.clone()?);
     let mut containers = HashMap::new();
     if let Some(status) = &pod.status {
-        let statuses =
-            [&status.container_statuses, &status.init_container_statuses, &status.ephemeral_container_statuses];
+        let statuses = [
+            &status.container_statuses,
+            &status.init_container_statuses,
+            &status.ephemeral_container_statuses,
+        ];
         for status in statuses.into_iter().flatten().flatten() {
             for id in container_ids(status) {
                 containers.insert(id.to_string(), status.name.clone());
             }
         }
     }
-    Some(PodEntry { namespace, name, containers })
+    Some(PodEntry {
+        namespace,
+        name,
+        containers,
+    })
 }
 
 /// The running instance and the previous one: a restarted container's old sockets can still be
 /// reset as they are torn down.
 fn container_ids(status: &ContainerStatus) -> impl Iterator<Item = &str> {
-    let previous = status.last_state.as_ref().and_then(|s| s.terminated.as_ref()).and_then(|t| t.container_id.as_ref());
-    status.container_id.iter().chain(previous).map(|id| strip_scheme(id))
+    let previous = status
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .and_then(|t| t.container_id.as_ref());
+    status
+        .container_id
+        .iter()
+        .chain(previous)
+        .map(|id| strip_scheme(id))
 }
 
 /// `containerd://<id>`, `cri-o://<id>`, `docker://<id>` → `<id>`, as in the cgroup path.

@@ -29,11 +29,18 @@ impl TestCgroup {
         let leaf_dir = format!("cri-containerd-{container_id}.scope");
         let pod = root.join(&pod_dir);
         if let Err(err) = std::fs::create_dir(&pod) {
-            eprintln!("SKIPPED: cannot create a cgroup under {} ({err}); run as root", root.display());
+            eprintln!(
+                "SKIPPED: cannot create a cgroup under {} ({err}); run as root",
+                root.display()
+            );
             return None;
         }
         let leaf = pod.join(&leaf_dir);
-        let cgroup = TestCgroup { pod, leaf, path: format!("/{pod_dir}/{leaf_dir}") };
+        let cgroup = TestCgroup {
+            pod,
+            leaf,
+            path: format!("/{pod_dir}/{leaf_dir}"),
+        };
         std::fs::create_dir(&cgroup.leaf).expect("creating the container-level cgroup");
         Some(cgroup)
     }
@@ -56,14 +63,23 @@ const POD_UID: &str = "7d1e6a52-3c4b-4f8e-9a0d-1b2c3d4e5f60";
 
 #[test]
 fn a_real_cgroup_resolves_by_handle_and_by_walk_and_parses() {
-    let Some(cgroup) = TestCgroup::create("resolve", POD_UID, CONTAINER) else { return };
+    let Some(cgroup) = TestCgroup::create("resolve", POD_UID, CONTAINER) else {
+        return;
+    };
     let id = cgroup.id();
 
     let mut by_handle = CgroupPaths::open(Limits::default()).unwrap();
     assert_eq!(by_handle.resolve(id).as_deref(), Some(cgroup.path.as_str()));
-    assert_eq!(by_handle.stats().scans, 0, "the handle lookup should have sufficed");
+    assert_eq!(
+        by_handle.stats().scans,
+        0,
+        "the handle lookup should have sufficed"
+    );
 
-    let walk_only = Limits { by_handle: false, ..Limits::default() };
+    let walk_only = Limits {
+        by_handle: false,
+        ..Limits::default()
+    };
     let mut by_walk = CgroupPaths::open(walk_only).unwrap();
     assert_eq!(by_walk.resolve(id).as_deref(), Some(cgroup.path.as_str()));
     assert_eq!(by_walk.stats().scans, 1);
@@ -77,20 +93,31 @@ fn a_real_cgroup_resolves_by_handle_and_by_walk_and_parses() {
 
 #[test]
 fn the_kernel_reports_the_same_path_for_a_process_in_it() {
-    let Some(cgroup) = TestCgroup::create("proc", POD_UID, CONTAINER) else { return };
+    let Some(cgroup) = TestCgroup::create("proc", POD_UID, CONTAINER) else {
+        return;
+    };
     let mut child = Command::new("sleep").arg("30").spawn().expect("spawning sleep");
-    std::fs::write(cgroup.leaf.join("cgroup.procs"), child.id().to_string()).expect("moving the child into the cgroup");
+    std::fs::write(cgroup.leaf.join("cgroup.procs"), child.id().to_string())
+        .expect("moving the child into the cgroup");
     let proc_cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", child.id())).unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(proc_cgroup.lines().any(|l| l == format!("0::{}", cgroup.path)), "{proc_cgroup}");
-    assert_eq!(cgroup::parse_proc_cgroup(&proc_cgroup).map(|c| c.container_id), Some(CONTAINER.to_string()));
+    assert!(
+        proc_cgroup.lines().any(|l| l == format!("0::{}", cgroup.path)),
+        "{proc_cgroup}"
+    );
+    assert_eq!(
+        cgroup::parse_proc_cgroup(&proc_cgroup).map(|c| c.container_id),
+        Some(CONTAINER.to_string())
+    );
 }
 
 #[test]
 fn describe_names_container_and_pod_and_forgets_nothing_it_should_not() {
     // The recorded list's web pod, in a real cgroup shaped as containerd would make it.
-    let Some(cgroup) = TestCgroup::create("describe", WEB_UID, WEB) else { return };
+    let Some(cgroup) = TestCgroup::create("describe", WEB_UID, WEB) else {
+        return;
+    };
     let pods = PodIndex::default();
     let list: kube::core::ObjectList<pods::object::WatchedPod> = serde_json::from_str(LIST).unwrap();
     pods.relist_start();
@@ -98,10 +125,18 @@ fn describe_names_container_and_pod_and_forgets_nothing_it_should_not() {
     pods.relist_done();
 
     let attribution = Attribution::open(Some(pods)).unwrap();
-    let workload = attribution.describe(cgroup.id()).expect("describing the test cgroup");
+    let workload = attribution
+        .describe(cgroup.id())
+        .expect("describing the test cgroup");
     assert_eq!(workload.cgroup_path, cgroup.path);
-    assert_eq!(workload.container.as_ref().map(|c| c.container_id.as_str()), Some(WEB));
-    assert_eq!(workload.pod, pods::tests::pod_ref("default", "web-7d4b9c6f5-x2x9q", Some("web")));
+    assert_eq!(
+        workload.container.as_ref().map(|c| c.container_id.as_str()),
+        Some(WEB)
+    );
+    assert_eq!(
+        workload.pod,
+        pods::tests::pod_ref("default", "web-7d4b9c6f5-x2x9q", Some("web"))
+    );
 
     // Removed: an id already resolved keeps its answer (late events of a dead container)...
     let id = cgroup.id();
@@ -123,21 +158,33 @@ fn describe_without_kubernetes_or_outside_containers() {
     // This process's own cgroup (here: the v2 root or a session scope): a path, no container.
     let root = attribution.paths.lock().unwrap().root().to_path_buf();
     let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-    let own = own.lines().find_map(|l| l.strip_prefix("0::")).expect("a v2 line");
+    let own = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a v2 line");
     let id = paths::cgroup_id(&root.join(own.trim_start_matches('/'))).unwrap();
-    let workload = attribution.describe(id).expect("describing this process's cgroup");
+    let workload = attribution
+        .describe(id)
+        .expect("describing this process's cgroup");
     assert_eq!(workload.cgroup_path, own);
     assert_eq!(workload.pod, None);
 
-    let Some(cgroup) = TestCgroup::create("nokube", POD_UID, CONTAINER) else { return };
+    let Some(cgroup) = TestCgroup::create("nokube", POD_UID, CONTAINER) else {
+        return;
+    };
     let workload = attribution.describe(cgroup.id()).unwrap();
-    assert_eq!(workload.container.map(|c| c.container_id), Some(CONTAINER.to_string()));
+    assert_eq!(
+        workload.container.map(|c| c.container_id),
+        Some(CONTAINER.to_string())
+    );
     assert_eq!(workload.pod, None, "no pod names without Kubernetes mode");
 }
 
 #[test]
 fn the_hot_path_is_cheap_once_resolved() {
-    let Some(cgroup) = TestCgroup::create("hot", POD_UID, CONTAINER) else { return };
+    let Some(cgroup) = TestCgroup::create("hot", POD_UID, CONTAINER) else {
+        return;
+    };
     let attribution = Attribution::open(Some(PodIndex::default())).unwrap();
     let id = cgroup.id();
     attribution.describe(id).unwrap();
@@ -147,9 +194,16 @@ fn the_hot_path_is_cheap_once_resolved() {
         assert!(attribution.describe(id).is_some());
     }
     let per_call = started.elapsed() / 100_000;
-    assert_eq!(attribution.paths.lock().unwrap().stats().handle_lookups, lookups, "hits did I/O");
+    assert_eq!(
+        attribution.paths.lock().unwrap().stats().handle_lookups,
+        lookups,
+        "hits did I/O"
+    );
     eprintln!("describe() on a hit: {per_call:?}");
-    assert!(per_call < Duration::from_micros(20), "describe() took {per_call:?} on a hit");
+    assert!(
+        per_call < Duration::from_micros(20),
+        "describe() took {per_call:?} on a hit"
+    );
 }
 
 #[test]

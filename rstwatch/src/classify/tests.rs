@@ -4,15 +4,32 @@ use fact::*;
 use tcp_state::*;
 
 fn sent(reason: RstReason, state: u8, prior_state: u8, facts: u16) -> ResetFacts {
-    ResetFacts { direction: Direction::Sent, reason: Some(reason), state, prior_state, facts, extra_facts: 0 }
+    ResetFacts {
+        direction: Direction::Sent,
+        reason: Some(reason),
+        state,
+        prior_state,
+        facts,
+        extra_facts: 0,
+    }
 }
 
 fn received(state: u8, facts: u16) -> ResetFacts {
-    ResetFacts { direction: Direction::Received, reason: None, state, prior_state: 0, facts, extra_facts: 0 }
+    ResetFacts {
+        direction: Direction::Received,
+        reason: None,
+        state,
+        prior_state: 0,
+        facts,
+        extra_facts: 0,
+    }
 }
 
 fn received_acked(state: u8, facts: u16) -> ResetFacts {
-    ResetFacts { extra_facts: rstwatch_common::extra_fact::DATA_ACKED, ..received(state, facts) }
+    ResetFacts {
+        extra_facts: rstwatch_common::extra_fact::DATA_ACKED,
+        ..received(state, facts)
+    }
 }
 
 const FULL: u16 = FULL_SOCKET;
@@ -21,37 +38,182 @@ const FULL: u16 = FULL_SOCKET;
 #[test]
 fn sent_resets_on_kernels_with_a_reason() {
     let table: &[(&str, ResetFacts, Cause)] = &[
-        ("1 SYN to a closed port", sent(NoSocket, 0, 0, TRIGGER | TRIGGER_SYN), Cause::NoListener),
-        ("6b data to a vanished socket, no listener", sent(NoSocket, 0, 0, TRIGGER | TRIGGER_ACK | TRIGGER_PAYLOAD), Cause::UnknownConnection),
-        ("SYN-ACK to nothing", sent(NoSocket, 0, 0, TRIGGER | TRIGGER_SYN | TRIGGER_ACK), Cause::UnknownConnection),
-        ("6a data at a listener", sent(Flags, LISTEN, 0, TRIGGER | TRIGGER_ACK | TRIGGER_PAYLOAD), Cause::UnknownConnection),
-        ("odd flags on a connection", sent(Flags, ESTABLISHED, 0, TRIGGER | FULL), Cause::InvalidSegment),
-        ("3a close with 39 bytes unread", sent(AbortOnClose, CLOSE, ESTABLISHED, FULL | UNREAD_DATA), Cause::CloseWithUnreadData),
-        ("2 SO_LINGER 0 close", sent(State, CLOSE, ESTABLISHED, FULL | LINGER_ZERO), Cause::LingerZeroClose),
-        ("14 listener closed with un-accepted child", sent(State, CLOSE, ESTABLISHED, FULL | ORPHAN | NOTHING_RECEIVED), Cause::ListenerClosed),
-        ("14 child inherited linger 0 from the listener", sent(State, CLOSE, ESTABLISHED, FULL | ORPHAN | LINGER_ZERO), Cause::ListenerClosed),
+        (
+            "1 SYN to a closed port",
+            sent(NoSocket, 0, 0, TRIGGER | TRIGGER_SYN),
+            Cause::NoListener,
+        ),
+        (
+            "6b data to a vanished socket, no listener",
+            sent(NoSocket, 0, 0, TRIGGER | TRIGGER_ACK | TRIGGER_PAYLOAD),
+            Cause::UnknownConnection,
+        ),
+        (
+            "SYN-ACK to nothing",
+            sent(NoSocket, 0, 0, TRIGGER | TRIGGER_SYN | TRIGGER_ACK),
+            Cause::UnknownConnection,
+        ),
+        (
+            "6a data at a listener",
+            sent(Flags, LISTEN, 0, TRIGGER | TRIGGER_ACK | TRIGGER_PAYLOAD),
+            Cause::UnknownConnection,
+        ),
+        (
+            "odd flags on a connection",
+            sent(Flags, ESTABLISHED, 0, TRIGGER | FULL),
+            Cause::InvalidSegment,
+        ),
+        (
+            "3a close with 39 bytes unread",
+            sent(AbortOnClose, CLOSE, ESTABLISHED, FULL | UNREAD_DATA),
+            Cause::CloseWithUnreadData,
+        ),
+        (
+            "2 SO_LINGER 0 close",
+            sent(State, CLOSE, ESTABLISHED, FULL | LINGER_ZERO),
+            Cause::LingerZeroClose,
+        ),
+        (
+            "14 listener closed with un-accepted child",
+            sent(State, CLOSE, ESTABLISHED, FULL | ORPHAN | NOTHING_RECEIVED),
+            Cause::ListenerClosed,
+        ),
+        (
+            "14 child inherited linger 0 from the listener",
+            sent(State, CLOSE, ESTABLISHED, FULL | ORPHAN | LINGER_ZERO),
+            Cause::ListenerClosed,
+        ),
         ("11f ss -K", sent(State, ESTABLISHED, 0, FULL), Cause::AdminAbort),
-        ("orphan FIN_WAIT2 timer", sent(State, FIN_WAIT2, 0, FULL | ORPHAN), Cause::FinWait2Abort),
-        ("connect(AF_UNSPEC) disconnect", sent(State, CLOSE, ESTABLISHED, FULL), Cause::Other),
-        ("4b data right after close", sent(AbortOnData, CLOSE, FIN_WAIT1, FULL | ORPHAN | TRIGGER | TRIGGER_ACK | TRIGGER_PAYLOAD), Cause::DataAfterClose),
-        ("11e2 linger2 -1, bare ACK of our FIN", sent(AbortOnData, CLOSE, FIN_WAIT1, FULL | ORPHAN | TRIGGER | TRIGGER_ACK), Cause::FinWait2Abort),
-        ("peer FIN after our close, linger2 -1", sent(AbortOnData, CLOSE, FIN_WAIT2, FULL | ORPHAN | TRIGGER | TRIGGER_ACK | TRIGGER_FIN), Cause::DataAfterClose),
-        ("5a stale keep-alive into FIN_WAIT2 time-wait", sent(TimewaitSocket, TIME_WAIT, 0, TRIGGER | TRIGGER_ACK | TRIGGER_PAYLOAD | TW_FIN_WAIT2), Cause::DataAfterClose),
-        ("SYN into a FIN_WAIT2 time-wait", sent(TimewaitSocket, TIME_WAIT, 0, TRIGGER | TRIGGER_SYN | TW_FIN_WAIT2), Cause::TimewaitSegment),
-        ("segment into a real TIME_WAIT", sent(TimewaitSocket, TIME_WAIT, 0, TRIGGER | TRIGGER_ACK), Cause::TimewaitSegment),
-        ("7a accept queue overflow", sent(InvalidSyn, LISTEN, 0, TRIGGER | TRIGGER_ACK), Cause::AcceptQueueOverflow),
-        ("bad SYN to a request socket", sent(InvalidSyn, LISTEN, 0, TRIGGER | TRIGGER_SYN), Cause::InvalidSegment),
-        ("9a keepalive timeout", sent(KeepaliveTimeout, ESTABLISHED, 0, FULL | IDLE_BEFORE_SEND), Cause::KeepaliveTimeout),
-        ("11g tcp_check_oom at close()", sent(AbortOnMemory, CLOSE, FIN_WAIT1, FULL | ORPHAN), Cause::MemoryPressure),
-        ("11g tcp_check_oom on an orphan's timer", sent(AbortOnMemory, FIN_WAIT1, 0, FULL | ORPHAN), Cause::MemoryPressure),
-        ("11e1 linger2 -1 close in FIN_WAIT2", sent(AbortOnLinger, CLOSE, FIN_WAIT2, FULL), Cause::FinWait2Abort),
-        ("11d LAST_ACK with unsent data", sent(DisconnectWithData, CLOSE, LAST_ACK, FULL | LINGER_ZERO | UNSENT_DATA), Cause::DisconnectWithUnsentData),
-        ("10b reconnect into TIME_WAIT", sent(InvalidAckSequence, SYN_SENT, 0, TRIGGER | TRIGGER_ACK | FULL), Cause::InvalidSegment),
-        ("PAWS in SYN_SENT", sent(Rfc7323Paws, SYN_SENT, 0, TRIGGER | TRIGGER_ACK | TRIGGER_SYN), Cause::InvalidSegment),
-        ("old ACK to a child", sent(TooOldAck, SYN_RECV, 0, TRIGGER | TRIGGER_ACK), Cause::InvalidSegment),
-        ("ACK of unsent data", sent(AckUnsentData, SYN_RECV, 0, TRIGGER | TRIGGER_ACK), Cause::InvalidSegment),
-        ("old ACK", sent(OldAck, SYN_RECV, 0, TRIGGER | TRIGGER_ACK), Cause::InvalidSegment),
-        ("not specified: the socket decides", sent(NotSpecified, ESTABLISHED, 0, FULL), Cause::AdminAbort),
+        (
+            "orphan FIN_WAIT2 timer",
+            sent(State, FIN_WAIT2, 0, FULL | ORPHAN),
+            Cause::FinWait2Abort,
+        ),
+        (
+            "connect(AF_UNSPEC) disconnect",
+            sent(State, CLOSE, ESTABLISHED, FULL),
+            Cause::Other,
+        ),
+        (
+            "4b data right after close",
+            sent(
+                AbortOnData,
+                CLOSE,
+                FIN_WAIT1,
+                FULL | ORPHAN | TRIGGER | TRIGGER_ACK | TRIGGER_PAYLOAD,
+            ),
+            Cause::DataAfterClose,
+        ),
+        (
+            "11e2 linger2 -1, bare ACK of our FIN",
+            sent(
+                AbortOnData,
+                CLOSE,
+                FIN_WAIT1,
+                FULL | ORPHAN | TRIGGER | TRIGGER_ACK,
+            ),
+            Cause::FinWait2Abort,
+        ),
+        (
+            "peer FIN after our close, linger2 -1",
+            sent(
+                AbortOnData,
+                CLOSE,
+                FIN_WAIT2,
+                FULL | ORPHAN | TRIGGER | TRIGGER_ACK | TRIGGER_FIN,
+            ),
+            Cause::DataAfterClose,
+        ),
+        (
+            "5a stale keep-alive into FIN_WAIT2 time-wait",
+            sent(
+                TimewaitSocket,
+                TIME_WAIT,
+                0,
+                TRIGGER | TRIGGER_ACK | TRIGGER_PAYLOAD | TW_FIN_WAIT2,
+            ),
+            Cause::DataAfterClose,
+        ),
+        (
+            "SYN into a FIN_WAIT2 time-wait",
+            sent(TimewaitSocket, TIME_WAIT, 0, TRIGGER | TRIGGER_SYN | TW_FIN_WAIT2),
+            Cause::TimewaitSegment,
+        ),
+        (
+            "segment into a real TIME_WAIT",
+            sent(TimewaitSocket, TIME_WAIT, 0, TRIGGER | TRIGGER_ACK),
+            Cause::TimewaitSegment,
+        ),
+        (
+            "7a accept queue overflow",
+            sent(InvalidSyn, LISTEN, 0, TRIGGER | TRIGGER_ACK),
+            Cause::AcceptQueueOverflow,
+        ),
+        (
+            "bad SYN to a request socket",
+            sent(InvalidSyn, LISTEN, 0, TRIGGER | TRIGGER_SYN),
+            Cause::InvalidSegment,
+        ),
+        (
+            "9a keepalive timeout",
+            sent(KeepaliveTimeout, ESTABLISHED, 0, FULL | IDLE_BEFORE_SEND),
+            Cause::KeepaliveTimeout,
+        ),
+        (
+            "11g tcp_check_oom at close()",
+            sent(AbortOnMemory, CLOSE, FIN_WAIT1, FULL | ORPHAN),
+            Cause::MemoryPressure,
+        ),
+        (
+            "11g tcp_check_oom on an orphan's timer",
+            sent(AbortOnMemory, FIN_WAIT1, 0, FULL | ORPHAN),
+            Cause::MemoryPressure,
+        ),
+        (
+            "11e1 linger2 -1 close in FIN_WAIT2",
+            sent(AbortOnLinger, CLOSE, FIN_WAIT2, FULL),
+            Cause::FinWait2Abort,
+        ),
+        (
+            "11d LAST_ACK with unsent data",
+            sent(
+                DisconnectWithData,
+                CLOSE,
+                LAST_ACK,
+                FULL | LINGER_ZERO | UNSENT_DATA,
+            ),
+            Cause::DisconnectWithUnsentData,
+        ),
+        (
+            "10b reconnect into TIME_WAIT",
+            sent(InvalidAckSequence, SYN_SENT, 0, TRIGGER | TRIGGER_ACK | FULL),
+            Cause::InvalidSegment,
+        ),
+        (
+            "PAWS in SYN_SENT",
+            sent(Rfc7323Paws, SYN_SENT, 0, TRIGGER | TRIGGER_ACK | TRIGGER_SYN),
+            Cause::InvalidSegment,
+        ),
+        (
+            "old ACK to a child",
+            sent(TooOldAck, SYN_RECV, 0, TRIGGER | TRIGGER_ACK),
+            Cause::InvalidSegment,
+        ),
+        (
+            "ACK of unsent data",
+            sent(AckUnsentData, SYN_RECV, 0, TRIGGER | TRIGGER_ACK),
+            Cause::InvalidSegment,
+        ),
+        (
+            "old ACK",
+            sent(OldAck, SYN_RECV, 0, TRIGGER | TRIGGER_ACK),
+            Cause::InvalidSegment,
+        ),
+        (
+            "not specified: the socket decides",
+            sent(NotSpecified, ESTABLISHED, 0, FULL),
+            Cause::AdminAbort,
+        ),
         ("MPTCP", sent(Other, ESTABLISHED, 0, FULL), Cause::Other),
     ];
     for (scenario, facts, expected) in table {
@@ -62,26 +224,86 @@ fn sent_resets_on_kernels_with_a_reason() {
 #[test]
 fn received_resets_by_local_state() {
     let table: &[(&str, ResetFacts, Cause)] = &[
-        ("1 refused", received(SYN_SENT, FULL | NOTHING_RECEIVED), Cause::ConnectionRefused),
-        ("5a stale keep-alive", received(CLOSE_WAIT, FULL), Cause::StaleConnection),
-        ("7a peer accept queue overflow", received(ESTABLISHED, FULL | NOTHING_RECEIVED), Cause::HandshakeReset),
-        ("idle flow dropped by a middlebox", received(ESTABLISHED, FULL | IDLE_BEFORE_SEND), Cause::IdleReset),
+        (
+            "1 refused",
+            received(SYN_SENT, FULL | NOTHING_RECEIVED),
+            Cause::ConnectionRefused,
+        ),
+        (
+            "5a stale keep-alive",
+            received(CLOSE_WAIT, FULL),
+            Cause::StaleConnection,
+        ),
+        (
+            "7a peer accept queue overflow",
+            received(ESTABLISHED, FULL | NOTHING_RECEIVED),
+            Cause::HandshakeReset,
+        ),
+        (
+            "idle flow dropped by a middlebox",
+            received(ESTABLISHED, FULL | IDLE_BEFORE_SEND),
+            Cause::IdleReset,
+        ),
         ("2 peer linger 0", received(ESTABLISHED, FULL), Cause::PeerReset),
-        ("opened, idle, first request reset: the flow was forgotten", received(ESTABLISHED, FULL | NOTHING_RECEIVED | IDLE_BEFORE_SEND), Cause::IdleReset),
-        ("14 listener closed: request acked by the queued child, no reply", received_acked(ESTABLISHED, FULL | NOTHING_RECEIVED), Cause::ResetBeforeResponse),
-        ("server killed mid-upload (kill -9, unread body)", received_acked(ESTABLISHED, FULL | NOTHING_RECEIVED), Cause::ResetBeforeResponse),
-        ("nginx reset_timedout_connection on a stalled body", received_acked(ESTABLISHED, FULL | NOTHING_RECEIVED | UNSENT_DATA), Cause::ResetBeforeResponse),
-        ("request acked, silence, next send reset", received_acked(ESTABLISHED, FULL | NOTHING_RECEIVED | IDLE_BEFORE_SEND), Cause::IdleReset),
-        ("reply received, then reset: mid-stream", received_acked(ESTABLISHED, FULL), Cause::PeerReset),
-        ("acked request, FIN sent by us: closing wins", received_acked(FIN_WAIT1, FULL | NOTHING_RECEIVED), Cause::ResetWhileClosing),
-        ("stale keep-alive with acked requests", received_acked(CLOSE_WAIT, FULL), Cause::StaleConnection),
-        ("11d FIN_WAIT2", received(FIN_WAIT2, FULL), Cause::ResetWhileClosing),
+        (
+            "opened, idle, first request reset: the flow was forgotten",
+            received(ESTABLISHED, FULL | NOTHING_RECEIVED | IDLE_BEFORE_SEND),
+            Cause::IdleReset,
+        ),
+        (
+            "14 listener closed: request acked by the queued child, no reply",
+            received_acked(ESTABLISHED, FULL | NOTHING_RECEIVED),
+            Cause::ResetBeforeResponse,
+        ),
+        (
+            "server killed mid-upload (kill -9, unread body)",
+            received_acked(ESTABLISHED, FULL | NOTHING_RECEIVED),
+            Cause::ResetBeforeResponse,
+        ),
+        (
+            "nginx reset_timedout_connection on a stalled body",
+            received_acked(ESTABLISHED, FULL | NOTHING_RECEIVED | UNSENT_DATA),
+            Cause::ResetBeforeResponse,
+        ),
+        (
+            "request acked, silence, next send reset",
+            received_acked(ESTABLISHED, FULL | NOTHING_RECEIVED | IDLE_BEFORE_SEND),
+            Cause::IdleReset,
+        ),
+        (
+            "reply received, then reset: mid-stream",
+            received_acked(ESTABLISHED, FULL),
+            Cause::PeerReset,
+        ),
+        (
+            "acked request, FIN sent by us: closing wins",
+            received_acked(FIN_WAIT1, FULL | NOTHING_RECEIVED),
+            Cause::ResetWhileClosing,
+        ),
+        (
+            "stale keep-alive with acked requests",
+            received_acked(CLOSE_WAIT, FULL),
+            Cause::StaleConnection,
+        ),
+        (
+            "11d FIN_WAIT2",
+            received(FIN_WAIT2, FULL),
+            Cause::ResetWhileClosing,
+        ),
         ("FIN_WAIT1", received(FIN_WAIT1, FULL), Cause::ResetWhileClosing),
         ("CLOSING", received(CLOSING, FULL), Cause::ResetWhileClosing),
         ("LAST_ACK", received(LAST_ACK, FULL), Cause::ResetWhileClosing),
         ("TFO child", received(SYN_RECV, FULL), Cause::Other),
-        ("12a firewall REJECT of a SYN", received(SYN_SENT, FULL | INJECTED), Cause::Injected),
-        ("12b firewall REJECT mid-connection", received(ESTABLISHED, FULL | INJECTED), Cause::Injected),
+        (
+            "12a firewall REJECT of a SYN",
+            received(SYN_SENT, FULL | INJECTED),
+            Cause::Injected,
+        ),
+        (
+            "12b firewall REJECT mid-connection",
+            received(ESTABLISHED, FULL | INJECTED),
+            Cause::Injected,
+        ),
     ];
     for (scenario, facts, expected) in table {
         assert_eq!(classify(facts), *expected, "{scenario}: {facts:?}");
@@ -102,39 +324,157 @@ fn sent_resets_without_a_reason_fall_back_on_the_socket() {
     };
     use rstwatch_common::extra_fact::*;
     let table: &[(&str, ResetFacts, Cause)] = &[
-        ("1 SYN to a closed port (kprobe)", none(0, 0, TRIGGER | TRIGGER_SYN, FROM_KPROBE), Cause::NoListener),
-        ("6b data to a vanished socket (kprobe)", none(0, 0, TRIGGER | TRIGGER_ACK | TRIGGER_PAYLOAD, FROM_KPROBE), Cause::UnknownConnection),
-        ("TFO: data on a SYN-ACK'd child that is gone (kprobe)", none(0, 0, TRIGGER | TRIGGER_ACK, FROM_KPROBE), Cause::UnknownConnection),
-        ("5a stale keep-alive into FIN_WAIT2 time-wait (kprobe)", none(TIME_WAIT, 0, TRIGGER | TRIGGER_ACK | TRIGGER_PAYLOAD | TW_FIN_WAIT2, FROM_KPROBE), Cause::DataAfterClose),
-        ("SYN into a FIN_WAIT2 time-wait (kprobe)", none(TIME_WAIT, 0, TRIGGER | TRIGGER_SYN | TW_FIN_WAIT2, FROM_KPROBE), Cause::TimewaitSegment),
-        ("segment into a real TIME_WAIT (kprobe)", none(TIME_WAIT, 0, TRIGGER | TRIGGER_ACK, FROM_KPROBE), Cause::TimewaitSegment),
-        ("6a data at a listener", none(LISTEN, 0, TRIGGER | TRIGGER_ACK | TRIGGER_PAYLOAD, 0), Cause::UnknownConnection),
-        ("7a accept queue overflow: bare ACK at the listener", none(LISTEN, 0, TRIGGER | TRIGGER_ACK, 0), Cause::AcceptQueueOverflow),
-        ("bad SYN at a listener", none(LISTEN, 0, TRIGGER | TRIGGER_SYN, 0), Cause::InvalidSegment),
-        ("10b reconnect into TIME_WAIT", none(SYN_SENT, 0, TRIGGER | TRIGGER_ACK | FULL, 0), Cause::InvalidSegment),
-        ("4b data right after close", none(CLOSE, FIN_WAIT1, FULL | ORPHAN | TRIGGER | TRIGGER_ACK | TRIGGER_PAYLOAD, 0), Cause::DataAfterClose),
-        ("4c data into a full FIN_WAIT2 orphan", none(CLOSE, FIN_WAIT2, FULL | ORPHAN | TRIGGER | TRIGGER_ACK | TRIGGER_PAYLOAD, 0), Cause::DataAfterClose),
-        ("11e2 linger2 -1, bare ACK of our FIN", none(CLOSE, FIN_WAIT1, FULL | ORPHAN | TRIGGER | TRIGGER_ACK, 0), Cause::FinWait2Abort),
-        ("3a unread", none(CLOSE, ESTABLISHED, FULL | UNREAD_DATA, 0), Cause::CloseWithUnreadData),
-        ("14 listener closed", none(CLOSE, ESTABLISHED, FULL | ORPHAN, 0), Cause::ListenerClosed),
-        ("14 listener closed, child with an unread request", none(CLOSE, ESTABLISHED, FULL | ORPHAN | UNREAD_DATA, 0), Cause::ListenerClosed),
-        ("11e1 linger2 -1 close in FIN_WAIT2", none(CLOSE, FIN_WAIT2, FULL | ORPHAN, 0), Cause::FinWait2Abort),
-        ("2 linger 0", none(CLOSE, ESTABLISHED, FULL | LINGER_ZERO, 0), Cause::LingerZeroClose),
-        ("11d linger 0 in LAST_ACK", none(CLOSE, LAST_ACK, FULL | LINGER_ZERO | UNSENT_DATA, 0), Cause::DisconnectWithUnsentData),
-        ("9a keepalive timeout", none(ESTABLISHED, 0, FULL, PROBES_UNANSWERED), Cause::KeepaliveTimeout),
+        (
+            "1 SYN to a closed port (kprobe)",
+            none(0, 0, TRIGGER | TRIGGER_SYN, FROM_KPROBE),
+            Cause::NoListener,
+        ),
+        (
+            "6b data to a vanished socket (kprobe)",
+            none(0, 0, TRIGGER | TRIGGER_ACK | TRIGGER_PAYLOAD, FROM_KPROBE),
+            Cause::UnknownConnection,
+        ),
+        (
+            "TFO: data on a SYN-ACK'd child that is gone (kprobe)",
+            none(0, 0, TRIGGER | TRIGGER_ACK, FROM_KPROBE),
+            Cause::UnknownConnection,
+        ),
+        (
+            "5a stale keep-alive into FIN_WAIT2 time-wait (kprobe)",
+            none(
+                TIME_WAIT,
+                0,
+                TRIGGER | TRIGGER_ACK | TRIGGER_PAYLOAD | TW_FIN_WAIT2,
+                FROM_KPROBE,
+            ),
+            Cause::DataAfterClose,
+        ),
+        (
+            "SYN into a FIN_WAIT2 time-wait (kprobe)",
+            none(TIME_WAIT, 0, TRIGGER | TRIGGER_SYN | TW_FIN_WAIT2, FROM_KPROBE),
+            Cause::TimewaitSegment,
+        ),
+        (
+            "segment into a real TIME_WAIT (kprobe)",
+            none(TIME_WAIT, 0, TRIGGER | TRIGGER_ACK, FROM_KPROBE),
+            Cause::TimewaitSegment,
+        ),
+        (
+            "6a data at a listener",
+            none(LISTEN, 0, TRIGGER | TRIGGER_ACK | TRIGGER_PAYLOAD, 0),
+            Cause::UnknownConnection,
+        ),
+        (
+            "7a accept queue overflow: bare ACK at the listener",
+            none(LISTEN, 0, TRIGGER | TRIGGER_ACK, 0),
+            Cause::AcceptQueueOverflow,
+        ),
+        (
+            "bad SYN at a listener",
+            none(LISTEN, 0, TRIGGER | TRIGGER_SYN, 0),
+            Cause::InvalidSegment,
+        ),
+        (
+            "10b reconnect into TIME_WAIT",
+            none(SYN_SENT, 0, TRIGGER | TRIGGER_ACK | FULL, 0),
+            Cause::InvalidSegment,
+        ),
+        (
+            "4b data right after close",
+            none(
+                CLOSE,
+                FIN_WAIT1,
+                FULL | ORPHAN | TRIGGER | TRIGGER_ACK | TRIGGER_PAYLOAD,
+                0,
+            ),
+            Cause::DataAfterClose,
+        ),
+        (
+            "4c data into a full FIN_WAIT2 orphan",
+            none(
+                CLOSE,
+                FIN_WAIT2,
+                FULL | ORPHAN | TRIGGER | TRIGGER_ACK | TRIGGER_PAYLOAD,
+                0,
+            ),
+            Cause::DataAfterClose,
+        ),
+        (
+            "11e2 linger2 -1, bare ACK of our FIN",
+            none(CLOSE, FIN_WAIT1, FULL | ORPHAN | TRIGGER | TRIGGER_ACK, 0),
+            Cause::FinWait2Abort,
+        ),
+        (
+            "3a unread",
+            none(CLOSE, ESTABLISHED, FULL | UNREAD_DATA, 0),
+            Cause::CloseWithUnreadData,
+        ),
+        (
+            "14 listener closed",
+            none(CLOSE, ESTABLISHED, FULL | ORPHAN, 0),
+            Cause::ListenerClosed,
+        ),
+        (
+            "14 listener closed, child with an unread request",
+            none(CLOSE, ESTABLISHED, FULL | ORPHAN | UNREAD_DATA, 0),
+            Cause::ListenerClosed,
+        ),
+        (
+            "11e1 linger2 -1 close in FIN_WAIT2",
+            none(CLOSE, FIN_WAIT2, FULL | ORPHAN, 0),
+            Cause::FinWait2Abort,
+        ),
+        (
+            "2 linger 0",
+            none(CLOSE, ESTABLISHED, FULL | LINGER_ZERO, 0),
+            Cause::LingerZeroClose,
+        ),
+        (
+            "11d linger 0 in LAST_ACK",
+            none(CLOSE, LAST_ACK, FULL | LINGER_ZERO | UNSENT_DATA, 0),
+            Cause::DisconnectWithUnsentData,
+        ),
+        (
+            "9a keepalive timeout",
+            none(ESTABLISHED, 0, FULL, PROBES_UNANSWERED),
+            Cause::KeepaliveTimeout,
+        ),
         ("11f ss -K", none(ESTABLISHED, 0, FULL, 0), Cause::AdminAbort),
-        ("orphan FIN_WAIT2 timer", none(FIN_WAIT2, 0, FULL | ORPHAN, 0), Cause::FinWait2Abort),
-        ("11g close() with too many orphans", none(CLOSE, FIN_WAIT1, FULL | ORPHAN, 0), Cause::MemoryPressure),
-        ("11g close() in CLOSE_WAIT with too many orphans", none(CLOSE, LAST_ACK, FULL | ORPHAN, 0), Cause::MemoryPressure),
-        ("11g orphan's retransmit timer, too many orphans", none(FIN_WAIT1, 0, FULL | ORPHAN, 0), Cause::MemoryPressure),
-        ("connect(AF_UNSPEC)", none(CLOSE, ESTABLISHED, FULL, 0), Cause::Other),
+        (
+            "orphan FIN_WAIT2 timer",
+            none(FIN_WAIT2, 0, FULL | ORPHAN, 0),
+            Cause::FinWait2Abort,
+        ),
+        (
+            "11g close() with too many orphans",
+            none(CLOSE, FIN_WAIT1, FULL | ORPHAN, 0),
+            Cause::MemoryPressure,
+        ),
+        (
+            "11g close() in CLOSE_WAIT with too many orphans",
+            none(CLOSE, LAST_ACK, FULL | ORPHAN, 0),
+            Cause::MemoryPressure,
+        ),
+        (
+            "11g orphan's retransmit timer, too many orphans",
+            none(FIN_WAIT1, 0, FULL | ORPHAN, 0),
+            Cause::MemoryPressure,
+        ),
+        (
+            "connect(AF_UNSPEC)",
+            none(CLOSE, ESTABLISHED, FULL, 0),
+            Cause::Other,
+        ),
         ("no socket, no segment", none(0, 0, 0, 0), Cause::Other),
     ];
     for (scenario, facts, expected) in table {
         assert_eq!(classify(facts), *expected, "{scenario}: {facts:?}");
     }
     // 6.10 and 6.11 report NOT_SPECIFIED for active resets: the same fallback applies.
-    let unspecified = ResetFacts { reason: Some(NotSpecified), ..none(ESTABLISHED, 0, FULL, PROBES_UNANSWERED) };
+    let unspecified = ResetFacts {
+        reason: Some(NotSpecified),
+        ..none(ESTABLISHED, 0, FULL, PROBES_UNANSWERED)
+    };
     assert_eq!(classify(&unspecified), Cause::KeepaliveTimeout);
 }
 
@@ -150,7 +490,10 @@ fn state_label_prefers_the_prior_state_of_closed_sockets() {
     assert_eq!(sent(State, CLOSE, ESTABLISHED, 0).state_before(), ESTABLISHED);
     assert_eq!(sent(State, CLOSE, 0, 0).state_before(), CLOSE);
     assert_eq!(received(CLOSE_WAIT, 0).state_before(), CLOSE_WAIT);
-    assert_eq!(sent(TimewaitSocket, TIME_WAIT, 0, TW_FIN_WAIT2).state_before(), FIN_WAIT2);
+    assert_eq!(
+        sent(TimewaitSocket, TIME_WAIT, 0, TW_FIN_WAIT2).state_before(),
+        FIN_WAIT2
+    );
     assert_eq!(sent(TimewaitSocket, TIME_WAIT, 0, 0).state_before(), TIME_WAIT);
     assert_eq!(state_label(0), "none");
     assert_eq!(state_label(CLOSE_WAIT), "close_wait");

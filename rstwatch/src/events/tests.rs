@@ -20,12 +20,21 @@ fn a_false_receive_is_dropped_and_a_real_one_released_after_the_hold() {
     };
     let mut filter = FalseReceiveFilter::new();
     let mut out = Vec::new();
-    filter.push(Record::Reset(event(1_000, 0xa, event_flag::RECEIVE_WHILE_CLOSING)), &mut out);
-    filter.push(Record::Reset(event(2_000, 0xa, event_flag::UNDID_FALSE_RECEIVE)), &mut out);
+    filter.push(
+        Record::Reset(event(1_000, 0xa, event_flag::RECEIVE_WHILE_CLOSING)),
+        &mut out,
+    );
+    filter.push(
+        Record::Reset(event(2_000, 0xa, event_flag::UNDID_FALSE_RECEIVE)),
+        &mut out,
+    );
     assert_eq!(stamps(&out), vec![2_000]);
 
     out.clear();
-    filter.push(Record::Reset(event(3_000, 0xb, event_flag::RECEIVE_WHILE_CLOSING)), &mut out);
+    filter.push(
+        Record::Reset(event(3_000, 0xb, event_flag::RECEIVE_WHILE_CLOSING)),
+        &mut out,
+    );
     filter.push(Record::Reset(event(4_000, 0xc, 0)), &mut out);
     assert_eq!(stamps(&out), vec![4_000]);
     filter.release_older_than(3_000 + HOLD_NS, &mut out);
@@ -40,7 +49,10 @@ fn records_decode_by_kind_and_reject_strangers() {
         std::slice::from_raw_parts((&ev as *const ResetEvent).cast::<u8>(), size_of::<ResetEvent>())
     };
     assert!(matches!(from_bytes(bytes), Some(Record::Reset(e)) if e.skaddr == 0xd));
-    assert!(from_bytes(&bytes[..16]).is_none(), "a short record is not read past its end");
+    assert!(
+        from_bytes(&bytes[..16]).is_none(),
+        "a short record is not read past its end"
+    );
     assert!(from_bytes(&[9, 0, 0, 0, 0, 0, 0, 0]).is_none(), "unknown kind");
 }
 

@@ -62,7 +62,13 @@ pub fn tracepoints_btf<'a>(typedefs: impl IntoIterator<Item = (&'a str, u32)>) -
     let mut data = Vec::with_capacity(HEADER as usize + types.len() + strings.len());
     data.extend_from_slice(&0xeb9f_u16.to_ne_bytes());
     data.extend_from_slice(&[1, 0]);
-    for word in [HEADER, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+    for word in [
+        HEADER,
+        0,
+        types.len() as u32,
+        types.len() as u32,
+        strings.len() as u32,
+    ] {
         data.extend_from_slice(&word.to_ne_bytes());
     }
     data.extend_from_slice(&types);
@@ -79,9 +85,8 @@ pub struct MemberInfo {
 
 impl KernelBtf {
     pub fn vmlinux() -> Result<Self> {
-        Self::open(Path::new(VMLINUX)).context(
-            "rstwatch needs the kernel's BTF (CONFIG_DEBUG_INFO_BTF=y) to find socket fields",
-        )
+        Self::open(Path::new(VMLINUX))
+            .context("rstwatch needs the kernel's BTF (CONFIG_DEBUG_INFO_BTF=y) to find socket fields")
     }
 
     pub fn open(path: &Path) -> Result<Self> {
@@ -94,7 +99,10 @@ impl KernelBtf {
                 Self::map_copy(path)?
             }
         };
-        Ok(Self { btf, by_name: RefCell::default() })
+        Ok(Self {
+            btf,
+            by_name: RefCell::default(),
+        })
     }
 
     fn map_copy(path: &Path) -> Result<Btf> {
@@ -102,7 +110,8 @@ impl KernelBtf {
         // SAFETY: memfd_create with a valid C string; the descriptor is owned by `copy` below.
         let fd = unsafe { libc::memfd_create(c"rstwatch-btf".as_ptr(), libc::MFD_CLOEXEC) };
         if fd < 0 {
-            return Err(std::io::Error::last_os_error()).context("memfd_create for a copy of the kernel's BTF");
+            return Err(std::io::Error::last_os_error())
+                .context("memfd_create for a copy of the kernel's BTF");
         }
         // SAFETY: `fd` was just created and nothing else owns it.
         let mut copy = unsafe { File::from_raw_fd(fd) };
@@ -208,8 +217,12 @@ impl KernelBtf {
                 break;
             }
         }
-        let (id, ty) = found.ok_or_else(|| anyhow!("the kernel's BTF has no typedef {typedef}: no BTF tracepoint for {event}"))?;
-        let Type::Ptr(ptr) = self.peel(ty)? else { bail!("{typedef} is not a function pointer") };
+        let (id, ty) = found.ok_or_else(|| {
+            anyhow!("the kernel's BTF has no typedef {typedef}: no BTF tracepoint for {event}")
+        })?;
+        let Type::Ptr(ptr) = self.peel(ty)? else {
+            bail!("{typedef} is not a function pointer")
+        };
         let Type::FuncProto(proto) = self.peel(self.btf.resolve_chained_type(&ptr)?)? else {
             bail!("{typedef} does not point to a function prototype");
         };
@@ -267,9 +280,7 @@ impl KernelBtf {
         loop {
             ty = match &ty {
                 Type::Typedef(t) => self.btf.resolve_chained_type(t)?,
-                Type::Const(t) | Type::Volatile(t) | Type::Restrict(t) => {
-                    self.btf.resolve_chained_type(t)?
-                }
+                Type::Const(t) | Type::Volatile(t) | Type::Restrict(t) => self.btf.resolve_chained_type(t)?,
                 Type::TypeTag(t) => self.btf.resolve_chained_type(t)?,
                 _ => return Ok(ty),
             };
@@ -322,9 +333,7 @@ mod tests {
         let num = btf.member("sock_common", "skc_num").unwrap();
         assert_eq!((num.offset, num.size), (dport.offset + 2, 2));
         assert_eq!(btf.member("sock_common", "skc_v6_daddr").unwrap().size, 16);
-        let lrcvtime = btf
-            .member("tcp_sock", "inet_conn.icsk_ack.lrcvtime")
-            .unwrap();
+        let lrcvtime = btf.member("tcp_sock", "inet_conn.icsk_ack.lrcvtime").unwrap();
         assert_eq!(lrcvtime.size, 4);
         assert!(lrcvtime.offset > btf.member("tcp_sock", "inet_conn").unwrap().offset);
     }
@@ -333,11 +342,23 @@ mod tests {
     fn a_mapped_copy_reads_the_same() {
         // What kernels before 6.16 get: their /sys/kernel/btf/vmlinux cannot be mapped.
         let Some(btf) = live_for_tests() else { return };
-        let copy = KernelBtf { btf: KernelBtf::map_copy(Path::new(VMLINUX)).unwrap(), by_name: RefCell::default() };
-        for (strukt, path) in [("sock", "__sk_common.skc_state"), ("tcp_sock", "inet_conn.icsk_ack.lrcvtime")] {
-            assert_eq!(copy.member(strukt, path).unwrap(), btf.member(strukt, path).unwrap());
+        let copy = KernelBtf {
+            btf: KernelBtf::map_copy(Path::new(VMLINUX)).unwrap(),
+            by_name: RefCell::default(),
+        };
+        for (strukt, path) in [
+            ("sock", "__sk_common.skc_state"),
+            ("tcp_sock", "inet_conn.icsk_ack.lrcvtime"),
+        ] {
+            assert_eq!(
+                copy.member(strukt, path).unwrap(),
+                btf.member(strukt, path).unwrap()
+            );
         }
-        assert_eq!(copy.tracepoint("tcp_receive_reset").unwrap(), btf.tracepoint("tcp_receive_reset").unwrap());
+        assert_eq!(
+            copy.tracepoint("tcp_receive_reset").unwrap(),
+            btf.tracepoint("tcp_receive_reset").unwrap()
+        );
     }
 
     #[test]
@@ -358,7 +379,10 @@ mod tests {
         let args = |event| btf.tracepoint(event).unwrap().args;
         assert_eq!(args("tcp_receive_reset"), ["struct sock *"]);
         assert_eq!(args("inet_sock_set_state"), ["struct sock *", "int", "int"]);
-        assert_eq!(&args("tcp_send_reset")[..2], ["struct sock *", "struct sk_buff *"]);
+        assert_eq!(
+            &args("tcp_send_reset")[..2],
+            ["struct sock *", "struct sk_buff *"]
+        );
         assert!(btf.tracepoint("no_such_event").is_err());
     }
 
@@ -366,14 +390,21 @@ mod tests {
     fn tracepoints_btf_has_the_kernels_ids() {
         let Some(btf) = live_for_tests() else { return };
         let events = ["tcp_send_reset", "tcp_receive_reset", "inet_sock_set_state"];
-        let ids: Vec<_> = events.iter().map(|event| (*event, btf.tracepoint(event).unwrap().id)).collect();
+        let ids: Vec<_> = events
+            .iter()
+            .map(|event| (*event, btf.tracepoint(event).unwrap().id))
+            .collect();
         let small = tracepoints_btf(ids.iter().copied()).unwrap();
         let full = aya::Btf::from_sys_fs().unwrap();
         for (event, id) in ids {
             let name = format!("btf_trace_{event}");
             let kind = aya_obj::btf::BtfKind::Typedef;
             assert_eq!(small.id_by_type_name_kind(&name, kind).unwrap(), id, "{name}");
-            assert_eq!(full.id_by_type_name_kind(&name, kind).unwrap(), id, "{name} in aya's parse");
+            assert_eq!(
+                full.id_by_type_name_kind(&name, kind).unwrap(),
+                id,
+                "{name} in aya's parse"
+            );
         }
         assert!(tracepoints_btf([]).is_ok());
     }

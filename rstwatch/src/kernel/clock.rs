@@ -129,10 +129,7 @@ mod tests {
         let config = "# CONFIG_HZ_100 is not set\nCONFIG_HZ_250=y\n# CONFIG_HZ_1000 is not set\n\
                       CONFIG_HZ=250\nCONFIG_SCHED_HRTICK=y\n";
         assert_eq!(parse_config_hz(config), Some(250));
-        assert_eq!(
-            parse_config_hz("CONFIG_HZ_1000=y\nCONFIG_HZ=1000"),
-            Some(1000)
-        );
+        assert_eq!(parse_config_hz("CONFIG_HZ_1000=y\nCONFIG_HZ=1000"), Some(1000));
         assert_eq!(parse_config_hz("CONFIG_HZ_250=y\n"), None);
         assert_eq!(parse_config_hz("CONFIG_HZ=fast\n"), None);
     }
@@ -146,10 +143,7 @@ mod tests {
         let timer_list = "Timer List Version: v0.10\nHRTIMER_MAX_CLOCK_BASES: 8\n\
                           now at 406306847301 nsecs\n\n  .idle_jiffies   : 4294993697\n  \
                           .last_jiffies   : 4294993812\njiffies: 4294993813\n";
-        assert_eq!(
-            parse_timer_list(timer_list),
-            Some((406306847301, 4294993813))
-        );
+        assert_eq!(parse_timer_list(timer_list), Some((406306847301, 4294993813)));
         assert_eq!(parse_timer_list("now at 5 nsecs\n"), None);
     }
 

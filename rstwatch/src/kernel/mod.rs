@@ -109,8 +109,13 @@ fn optional_tracepoints(tracefs: &std::path::Path, btf: &KernelBtf, config: &mut
 }
 
 /// Events the programs can also attach to as BTF tracepoints (see rstwatch-ebpf's main.rs).
-pub const BTF_TRACEPOINTS: [&str; 5] =
-    ["tcp_send_reset", "tcp_receive_reset", "inet_sock_set_state", "inet_sk_error_report", "kfree_skb"];
+pub const BTF_TRACEPOINTS: [&str; 5] = [
+    "tcp_send_reset",
+    "tcp_receive_reset",
+    "inet_sock_set_state",
+    "inet_sk_error_report",
+    "kfree_skb",
+];
 
 /// The BTF tracepoints this kernel has, and where `reason` sits in their arguments.
 fn btf_tracepoints(btf: &KernelBtf, config: &mut Config) -> BTreeMap<&'static str, BtfTracepoint> {
@@ -177,11 +182,7 @@ pub fn release() -> Result<String> {
 }
 
 /// `Config::UNSET` with the tracepoint record offsets filled in from the three formats.
-pub fn tracepoint_offsets(
-    send: &EventFormat,
-    recv: &EventFormat,
-    set_state: &EventFormat,
-) -> Result<Config> {
+pub fn tracepoint_offsets(send: &EventFormat, recv: &EventFormat, set_state: &EventFormat) -> Result<Config> {
     let expected = [
         (send, "tcp_send_reset"),
         (recv, "tcp_receive_reset"),
@@ -300,11 +301,7 @@ fn btf_offsets(btf: &KernelBtf, config: &mut Config) -> Result<()> {
     Ok(())
 }
 
-fn first_member<'a>(
-    btf: &KernelBtf,
-    strukt: &str,
-    paths: &[&'a str],
-) -> Result<(&'a str, btf::MemberInfo)> {
+fn first_member<'a>(btf: &KernelBtf, strukt: &str, paths: &[&'a str]) -> Result<(&'a str, btf::MemberInfo)> {
     let mut error = anyhow!("no member path given");
     for &path in paths {
         match btf.member(strukt, path) {
@@ -331,9 +328,7 @@ where
 
 /// The threshold in whole jiffies, rounded up so that a short threshold never becomes 0.
 fn idle_jiffies(threshold: Duration, hz: u32) -> Result<u32> {
-    let jiffies = (threshold.as_nanos() * hz as u128)
-        .div_ceil(1_000_000_000)
-        .max(1);
+    let jiffies = (threshold.as_nanos() * hz as u128).div_ceil(1_000_000_000).max(1);
     fit(
         format_args!("idle threshold {threshold:?} in jiffies at HZ={hz}"),
         jiffies,
@@ -345,12 +340,7 @@ fn reason_table(values: Vec<(i64, String)>) -> Result<BTreeMap<u16, String>> {
         .into_iter()
         .map(|(v, name)| {
             let v = fit(format_args!("sk_rst_reason {name}"), v)?;
-            Ok((
-                v,
-                name.strip_prefix(REASON_PREFIX)
-                    .unwrap_or(&name)
-                    .to_string(),
-            ))
+            Ok((v, name.strip_prefix(REASON_PREFIX).unwrap_or(&name).to_string()))
         })
         .collect()
 }
@@ -379,7 +369,12 @@ fn log_summary(layout: &KernelLayout, idle: Duration, reasons_from: &str) {
     );
     log::info!(
         "  BTF tracepoints available: {}",
-        layout.btf_tracepoints.keys().copied().collect::<Vec<_>>().join(" ")
+        layout
+            .btf_tracepoints
+            .keys()
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     log::debug!("kernel offsets: {c:#?}");
     log::debug!("reset reasons: {:?}", layout.reason_names);
@@ -422,11 +417,7 @@ mod tests {
         );
         assert_eq!((c.recv_skaddr, c.recv_cookie), (8, 64));
         assert_eq!(
-            (
-                c.set_state_skaddr,
-                c.set_state_oldstate,
-                c.set_state_newstate
-            ),
+            (c.set_state_skaddr, c.set_state_oldstate, c.set_state_newstate),
             (8, 16, 20)
         );
         assert_eq!((c.set_state_protocol, c.set_state_protocol_size), (30, 2));
@@ -453,11 +444,7 @@ mod tests {
         let set_state = fixture("6.18", "inet_sock_set_state");
         let recv = fixture("6.18", "tcp_receive_reset");
         let mut old = set_state.clone();
-        old.fields
-            .iter_mut()
-            .find(|f| f.name == "protocol")
-            .unwrap()
-            .size = 1;
+        old.fields.iter_mut().find(|f| f.name == "protocol").unwrap().size = 1;
         let mut send = fixture("6.1", "tcp_send_reset");
         send.fields.retain(|f| f.name != "state");
         let c = tracepoint_offsets(&send, &recv, &old).unwrap();
@@ -470,11 +457,7 @@ mod tests {
         send.fields.retain(|f| f.name != "skaddr");
         assert!(err(&send, &recv, &set_state).contains("no field skaddr"));
         let mut send = fixture("6.18", "tcp_send_reset");
-        send.fields
-            .iter_mut()
-            .find(|f| f.name == "reason")
-            .unwrap()
-            .size = 2;
+        send.fields.iter_mut().find(|f| f.name == "reason").unwrap().size = 2;
         assert!(err(&send, &recv, &set_state).contains("reason"));
     }
 
@@ -520,10 +503,7 @@ mod tests {
             btf.member("sock_common", "skc_v6_daddr").unwrap().offset
         );
         assert_eq!(c.sk_rcv_saddr, c.sk_daddr + 4);
-        assert!(
-            c.inet_sport > c.sk_socket,
-            "inet_sport lies past struct sock"
-        );
+        assert!(c.inet_sport > c.sk_socket, "inet_sport lies past struct sock");
         assert!(c.sk_socket > c.sk_state && c.tcp_bytes_received > c.sk_socket);
         assert!(c.skb_head != c.skb_data && c.skb_network_header != 0);
         let reasons = reason_table(btf.enum_values("sk_rst_reason").unwrap()).unwrap();
@@ -534,8 +514,7 @@ mod tests {
     #[test]
     fn live_resolve_when_tracefs_is_mounted() {
         // Never mount from a unit test: only run where tracefs and BTF are already there.
-        let mounted =
-            std::path::Path::new("/sys/kernel/tracing/events/tcp/tcp_send_reset").exists();
+        let mounted = std::path::Path::new("/sys/kernel/tracing/events/tcp/tcp_send_reset").exists();
         if !mounted || btf::live_for_tests().is_none() {
             eprintln!("skipping: no tracefs mount or no BTF");
             return;
@@ -552,9 +531,15 @@ mod tests {
     fn optional_tracepoints_of_6_18() {
         let mut c = Config::UNSET;
         error_report_offsets(&fixture("6.18", "inet_sk_error_report"), &mut c).unwrap();
-        assert_eq!((c.error_error, c.error_sport, c.error_protocol, c.error_daddr_v6), (8, 12, 18, 44));
+        assert_eq!(
+            (c.error_error, c.error_sport, c.error_protocol, c.error_daddr_v6),
+            (8, 12, 18, 44)
+        );
         kfree_skb_offsets(&fixture("6.18", "kfree_skb"), 12, &mut c).unwrap();
-        assert_eq!((c.kfree_skbaddr, c.kfree_reason, c.drop_reason_netfilter), (8, 36, 12));
+        assert_eq!(
+            (c.kfree_skbaddr, c.kfree_reason, c.drop_reason_netfilter),
+            (8, 36, 12)
+        );
         // A kernel without drop reasons (before 5.17) leaves the config as it was.
         let mut old = fixture("6.18", "kfree_skb");
         old.fields.retain(|f| f.name != "reason");

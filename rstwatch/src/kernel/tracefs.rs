@@ -78,11 +78,7 @@ impl EventFormat {
 
 /// Reads and parses `<tracefs>/events/<group>/<event>/format`.
 pub fn read_format(tracefs: &Path, group: &str, event: &str) -> Result<EventFormat> {
-    let path = tracefs
-        .join("events")
-        .join(group)
-        .join(event)
-        .join("format");
+    let path = tracefs.join("events").join(group).join(event).join("format");
     if !path.exists() {
         bail!(
             "tracepoint {group}:{event} not found in {}: this kernel lacks it (too old, or built \
@@ -242,10 +238,7 @@ fn parse_int(s: &str) -> Option<i64> {
         Some(d) => (true, d.trim_start()),
         None => (false, s),
     };
-    let v = match digits
-        .strip_prefix("0x")
-        .or_else(|| digits.strip_prefix("0X"))
-    {
+    let v = match digits.strip_prefix("0x").or_else(|| digits.strip_prefix("0X")) {
         Some(hex) => i64::from_str_radix(hex, 16).ok()?,
         None => digits.parse().ok()?,
     };

@@ -25,8 +25,11 @@ pub fn packages() -> impl Iterator<Item = (&'static str, &'static str)> {
         .filter_map(|line| line.split_once(' '))
 }
 
-const CLASSPATH_JARS: &[&str] =
-    &["/usr/share/java/httpclient.jar", "/usr/share/java/httpcore.jar", "/usr/share/java/commons-logging.jar"];
+const CLASSPATH_JARS: &[&str] = &[
+    "/usr/share/java/httpclient.jar",
+    "/usr/share/java/httpcore.jar",
+    "/usr/share/java/commons-logging.jar",
+];
 
 /// Bounded waits: applications start in well under a second; a JVM in about one.
 pub const START: Duration = Duration::from_secs(20);
@@ -36,8 +39,10 @@ const COUNTED: Duration = Duration::from_secs(10);
 pub fn ensure_installed() -> Result<()> {
     static DONE: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     DONE.get_or_init(|| {
-        let missing: Vec<&str> =
-            packages().filter(|(path, _)| !Path::new(path).exists()).map(|(_, package)| package).collect();
+        let missing: Vec<&str> = packages()
+            .filter(|(path, _)| !Path::new(path).exists())
+            .map(|(_, package)| package)
+            .collect();
         if missing.is_empty() {
             return Ok(());
         }
@@ -58,7 +63,9 @@ pub fn work_dir(name: &str) -> Result<PathBuf> {
 
 /// A source file of this module (`java/AppClients.java`, `upload_server.py`).
 pub fn source(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/apps").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("src/apps")
+        .join(name)
 }
 
 /// `java` arguments for the JVM clients, compiled once per test process with javac against
@@ -68,17 +75,23 @@ pub fn java_client(args: &[&str]) -> Result<Vec<String>> {
     let classes = CLASSES
         .get_or_init(|| {
             let out = workspace().join("target/apps/java");
-            let built = std::fs::create_dir_all(&out).map_err(anyhow::Error::from).and_then(|_| {
-                let result = Command::new("javac")
-                    .arg("-d")
-                    .arg(&out)
-                    .args(["-cp", &CLASSPATH_JARS.join(":")])
-                    .arg(source("java/AppClients.java"))
-                    .output()
-                    .context("running javac")?;
-                ensure!(result.status.success(), "javac: {}", String::from_utf8_lossy(&result.stderr));
-                Ok(())
-            });
+            let built = std::fs::create_dir_all(&out)
+                .map_err(anyhow::Error::from)
+                .and_then(|_| {
+                    let result = Command::new("javac")
+                        .arg("-d")
+                        .arg(&out)
+                        .args(["-cp", &CLASSPATH_JARS.join(":")])
+                        .arg(source("java/AppClients.java"))
+                        .output()
+                        .context("running javac")?;
+                    ensure!(
+                        result.status.success(),
+                        "javac: {}",
+                        String::from_utf8_lossy(&result.stderr)
+                    );
+                    Ok(())
+                });
             built.map(|_| out).map_err(|e| format!("{e:#}"))
         })
         .clone()
@@ -104,10 +117,20 @@ impl App {
         let log = dir.join(format!("{name}.log"));
         let out = File::create(&log).with_context(|| format!("create {}", log.display()))?;
         let mut command = Command::new(program);
-        command.args(args).current_dir(dir).stdin(Stdio::piped()).stdout(out.try_clone()?).stderr(out);
+        command
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::piped())
+            .stdout(out.try_clone()?)
+            .stderr(out);
         let child = crate::process::dies_with_test(&mut command, Some(&netns))
-            .spawn().with_context(|| format!("starting {name} ({program})"))?;
-        Ok(App { name: name.into(), child, log })
+            .spawn()
+            .with_context(|| format!("starting {name} ({program})"))?;
+        Ok(App {
+            name: name.into(),
+            child,
+            log,
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -132,9 +155,18 @@ impl App {
         let deadline = Instant::now() + timeout;
         while !self.output().contains(needle) {
             if let Some(status) = self.child.try_wait()? {
-                bail!("{} exited ({status}) before printing {needle:?}:\n{}", self.name, self.output());
+                bail!(
+                    "{} exited ({status}) before printing {needle:?}:\n{}",
+                    self.name,
+                    self.output()
+                );
             }
-            ensure!(Instant::now() < deadline, "{} did not print {needle:?} in {timeout:?}:\n{}", self.name, self.output());
+            ensure!(
+                Instant::now() < deadline,
+                "{} did not print {needle:?} in {timeout:?}:\n{}",
+                self.name,
+                self.output()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
@@ -146,14 +178,21 @@ impl App {
             if let Some(status) = self.child.try_wait()? {
                 return Ok(status);
             }
-            ensure!(Instant::now() < deadline, "{} still running after {timeout:?}:\n{}", self.name, self.output());
+            ensure!(
+                Instant::now() < deadline,
+                "{} still running after {timeout:?}:\n{}",
+                self.name,
+                self.output()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     /// SIGKILL, as an OOM killer or `kill -9` does; reaped.
     pub fn kill9(&mut self) -> Result<ExitStatus> {
-        self.child.kill().with_context(|| format!("kill -9 {}", self.child.id()))?;
+        self.child
+            .kill()
+            .with_context(|| format!("kill -9 {}", self.child.id()))?;
         Ok(self.child.wait()?)
     }
 }
@@ -200,7 +239,13 @@ impl AppTest {
         // No event budget: another engineer's reset storm must not crowd this test's events out.
         let port_text = port.to_string();
         let trace = TraceJson::start(&["--port", &port_text, "--max-events-per-second", "0"])?;
-        Ok(AppTest { ns, dir, port, before, trace: Some(trace) })
+        Ok(AppTest {
+            ns,
+            dir,
+            port,
+            before,
+            trace: Some(trace),
+        })
     }
 
     pub fn start(&self, name: &str, program: &str, args: &[impl AsRef<str>]) -> Result<App> {
@@ -220,7 +265,10 @@ impl AppTest {
         let deadline = Instant::now() + START;
         let filter = format!("sport = :{port}");
         while self.ns.exec(&["ss", "-Hltn", &filter])?.trim().is_empty() {
-            ensure!(Instant::now() < deadline, "nothing listens on port {port} after {START:?}");
+            ensure!(
+                Instant::now() < deadline,
+                "nothing listens on port {port} after {START:?}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(())
@@ -234,25 +282,45 @@ impl AppTest {
         let delta = |after: &Snapshot, metric: &str, filter: &[(&str, &str)]| {
             after.sum(metric, filter) - self.before.sum(metric, filter)
         };
-        let reset_filter = |r: &Reset| [("direction", r.0), ("cause", r.1), ("comm", r.2), ("port", port.as_str())];
+        let reset_filter = |r: &Reset| {
+            [
+                ("direction", r.0),
+                ("cause", r.1),
+                ("comm", r.2),
+                ("port", port.as_str()),
+            ]
+        };
         let error_filter = |e: &AppError| [("errno", e.0), ("comm", e.1), ("port", port.as_str())];
         let total = |after: &Snapshot, direction: &str| {
-            delta(after, "rstwatch_resets_total", &[("direction", direction), ("port", port.as_str())])
+            delta(
+                after,
+                "rstwatch_resets_total",
+                &[("direction", direction), ("port", port.as_str())],
+            )
         };
         let wanted = |direction: &str| resets.iter().filter(|r| r.0 == direction).count() as f64;
         let settled = daemon().wait_for(COUNTED, |after| {
-            resets.iter().all(|r| delta(after, "rstwatch_resets_total", &reset_filter(r)) >= 1.0)
-                && errors.iter().all(|e| delta(after, "rstwatch_socket_errors_total", &error_filter(e)) >= 1.0)
+            resets
+                .iter()
+                .all(|r| delta(after, "rstwatch_resets_total", &reset_filter(r)) >= 1.0)
+                && errors
+                    .iter()
+                    .all(|e| delta(after, "rstwatch_socket_errors_total", &error_filter(e)) >= 1.0)
         });
         let after = match settled {
             Ok(after) => after,
             Err((why, last)) => {
                 let last = last.unwrap_or_default();
-                let rows = crate::metrics::format_rows(&crate::metrics::port_delta(&self.before, &last, self.port));
+                let rows =
+                    crate::metrics::format_rows(&crate::metrics::port_delta(&self.before, &last, self.port));
                 // On a shared machine another engineer's 10k-port storm can fill the label cap or
                 // the kernel's count map; then this port's resets are counted under "other".
                 let overflow = delta(&last, "rstwatch_label_overflow_total", &[]);
-                let map_full = delta(&last, "rstwatch_events_lost_total", &[("stage", "count_map_full")]);
+                let map_full = delta(
+                    &last,
+                    "rstwatch_events_lost_total",
+                    &[("stage", "count_map_full")],
+                );
                 bail!(
                     "port {}: {why}; counted:\n{rows}(label overflow +{overflow}, count_map_full +{map_full})",
                     self.port
@@ -265,19 +333,34 @@ impl AppTest {
         }
         for r in resets {
             let got = delta(&after, "rstwatch_resets_total", &reset_filter(r));
-            ensure!(got == 1.0, "{} {} owned by {}: counted {got}, expected 1", r.0, r.1, r.2);
+            ensure!(
+                got == 1.0,
+                "{} {} owned by {}: counted {got}, expected 1",
+                r.0,
+                r.1,
+                r.2
+            );
         }
         for direction in ["sent", "received"] {
             let got = total(&after, direction);
-            ensure!(got == wanted(direction), "{direction} resets on port {port}: {got}, expected {}", wanted(direction));
+            ensure!(
+                got == wanted(direction),
+                "{direction} resets on port {port}: {got}, expected {}",
+                wanted(direction)
+            );
         }
-        if let (Some(sent), Some(received)) =
-            (resets.iter().find(|r| r.0 == "sent"), resets.iter().find(|r| r.0 == "received"))
-        {
+        if let (Some(sent), Some(received)) = (
+            resets.iter().find(|r| r.0 == "sent"),
+            resets.iter().find(|r| r.0 == "received"),
+        ) {
             let rx = event(&events, "received")?;
             ensure!(
-                (rx["cause"] == received.1, rx["comm"] == received.2, rx["peer_cause"] == sent.1, rx["peer_comm"] == sent.2)
-                    == (true, true, true, true),
+                (
+                    rx["cause"] == received.1,
+                    rx["comm"] == received.2,
+                    rx["peer_cause"] == sent.1,
+                    rx["peer_comm"] == sent.2
+                ) == (true, true, true, true),
                 "the received event must be {} of {} and name {} of {}: {rx}",
                 received.1,
                 received.2,
@@ -304,9 +387,25 @@ fn summary(event: &Value) -> String {
         Value::String(s) => Some(format!("{name}={s}")),
         other => Some(format!("{name}={other}")),
     };
-    ["event", "direction", "cause", "errno", "reset_cause", "state", "comm", "pid", "thread", "peer_cause", "peer_comm", "peer_kernel_reason", "kernel_reason", "bytes_acked", "bytes_received"]
-        .iter()
-        .filter_map(|name| field(name))
-        .collect::<Vec<_>>()
-        .join(" ")
+    [
+        "event",
+        "direction",
+        "cause",
+        "errno",
+        "reset_cause",
+        "state",
+        "comm",
+        "pid",
+        "thread",
+        "peer_cause",
+        "peer_comm",
+        "peer_kernel_reason",
+        "kernel_reason",
+        "bytes_acked",
+        "bytes_received",
+    ]
+    .iter()
+    .filter_map(|name| field(name))
+    .collect::<Vec<_>>()
+    .join(" ")
 }

@@ -50,7 +50,13 @@ fn main() -> Result<()> {
                     println!("{:<22} port {}  {}", s.name, s.port, s.about);
                 }
                 for s in scenarios::kernel_owning() {
-                    println!("{:<22} port {}  {} [only with {}=1]", s.name, s.port, s.about, scenarios::OWNS_KERNEL_ENV);
+                    println!(
+                        "{:<22} port {}  {} [only with {}=1]",
+                        s.name,
+                        s.port,
+                        s.about,
+                        scenarios::OWNS_KERNEL_ENV
+                    );
                 }
                 return Ok(());
             }
@@ -107,12 +113,7 @@ fn main() -> Result<()> {
         Some(&ext_daemon)
     } else if check_daemon {
         let d = daemon::daemon();
-        eprintln!(
-            "rstwatch pid {} on {} (log {})",
-            d.pid,
-            d.addr,
-            d.log.display()
-        );
+        eprintln!("rstwatch pid {} on {} (log {})", d.pid, d.addr, d.log.display());
         Some(d)
     } else {
         None
@@ -188,9 +189,17 @@ fn main() -> Result<()> {
 /// `--report`: what the daemon says it can see here, then each scenario's verdict.
 fn report_all(d: &Daemon, list: &[scenarios::Scenario]) -> Result<()> {
     let first = d.scrape().context("first scrape of the daemon")?;
-    println!("RSTW kernel {}", std::fs::read_to_string("/proc/sys/kernel/osrelease")?.trim());
+    println!(
+        "RSTW kernel {}",
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")?.trim()
+    );
     for ((name, labels), value) in &first.samples {
-        let label = |key: &str| labels.iter().find(|(k, _)| k == key).map_or("", |(_, v)| v.as_str());
+        let label = |key: &str| {
+            labels
+                .iter()
+                .find(|(k, _)| k == key)
+                .map_or("", |(_, v)| v.as_str())
+        };
         if name == "rstwatch_probe_attached" {
             println!("RSTW probe {} {}", label("probe"), *value as i64);
         } else if name == "rstwatch_cause_observable" && *value == 0.0 {
@@ -204,7 +213,11 @@ fn report_all(d: &Daemon, list: &[scenarios::Scenario]) -> Result<()> {
             Ok(compared) => {
                 let verdict = compared.verdict();
                 let (expected, got) = compared.expected_and_got();
-                println!("RSTW scenario {} {} expected={expected} got={got}", scn.name, verdict.label());
+                println!(
+                    "RSTW scenario {} {} expected={expected} got={got}",
+                    scn.name,
+                    verdict.label()
+                );
                 if verdict != check::Verdict::Ok {
                     println!("{}", compared.message);
                 }

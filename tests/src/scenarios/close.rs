@@ -46,9 +46,7 @@ pub fn unread_close(port: u16) -> Result<Outcome> {
     let extra = b"POST /x HTTP/1.1\r\nContent-Length: 0\r\n\r\n"; // 39 bytes
     assert_eq!(extra.len(), 39);
     c.write_all(extra)?;
-    poll_until("39 unread bytes on the server", T, || {
-        Ok(unread_bytes(&s)? == 39)
-    })?;
+    poll_until("39 unread bytes on the server", T, || Ok(unread_bytes(&s)? == 39))?;
     drop(s);
     client_reset(c)?;
     drop(l);
@@ -73,8 +71,7 @@ pub fn stale_keepalive(port: u16) -> Result<Outcome> {
     // the client's (delayed) ACK of the FIN turns the orphan into a FIN_WAIT2 timewait socket
     wait_proc_state(port, cport, TcpState::FinWait2, T)?;
     std::thread::sleep(Duration::from_millis(500));
-    c.write_all(REQUEST)
-        .context("client sendall of request #2")?;
+    c.write_all(REQUEST).context("client sendall of request #2")?;
     wait_state(&c, TcpState::Close, T)?;
     let r1 = recv_once(&mut c);
     ensure!(
@@ -146,10 +143,7 @@ pub fn keepalive_timeout(port: u16) -> Result<Outcome> {
     vanish(c)?;
     vanish(s)?; // still ESTABLISHED: the RST was dropped by its filter
     drop(l);
-    let mut o = Outcome::new(
-        port,
-        vec![sent("keepalive_timeout", Some("established"), 1)],
-    );
+    let mut o = Outcome::new(port, vec![sent("keepalive_timeout", Some("established"), 1)]);
     o.note(format!("client recv → ETIMEDOUT after {waited:?}"));
     Ok(o)
 }

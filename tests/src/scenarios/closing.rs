@@ -49,11 +49,7 @@ pub fn last_ack_unsent(port: u16) -> Result<Outcome> {
             "send buffer never filled"
         );
     }
-    poll_until(
-        "unsent bytes on the server",
-        T,
-        || Ok(unsent_bytes(&s)? > 0),
-    )?;
+    poll_until("unsent bytes on the server", T, || Ok(unsent_bytes(&s)? > 0))?;
     let unsent = unsent_bytes(&s)?;
     wait_state(&c, TcpState::FinWait2, T)?;
     s.shutdown(Shutdown::Write)?;
@@ -125,8 +121,6 @@ pub fn data_after_close_fw2(port: u16) -> Result<Outcome> {
             received("reset_while_closing", None, 0),
         ],
     );
-    o.note(
-        "client send OK, recv → EOF, send → EPIPE; server orphan FIN_WAIT2 got a false tcp_reset()",
-    );
+    o.note("client send OK, recv → EOF, send → EPIPE; server orphan FIN_WAIT2 got a false tcp_reset()");
     Ok(o)
 }

@@ -51,8 +51,7 @@ pub fn timewait_syn(port: u16) -> Result<Outcome> {
         TCP_FLAG_SYN,
     )?;
     // The RST also removes the time-wait socket.
-    wait_proc_gone(port, cport, T)
-        .context("the FIN_WAIT2 time-wait socket did not go away after the SYN")?;
+    wait_proc_gone(port, cport, T).context("the FIN_WAIT2 time-wait socket did not go away after the SYN")?;
     drop(l);
     let mut o = Outcome::new(
         port,
@@ -193,7 +192,9 @@ pub fn memory_pressure(port: u16) -> Result<Outcome> {
     vanish(c)?; // still ESTABLISHED: its filter dropped the data, the FIN and the RST
     drop(l);
     let mut o = Outcome::new(port, vec![sent("memory_pressure", Some("fin_wait1"), 1)]);
-    o.note(format!("orphan reset with tcp_max_orphans=0 (restored to {saved})"));
+    o.note(format!(
+        "orphan reset with tcp_max_orphans=0 (restored to {saved})"
+    ));
     Ok(o)
 }
 

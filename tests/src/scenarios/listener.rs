@@ -119,10 +119,7 @@ pub fn timewait_reconnect(port: u16) -> Result<Outcome> {
     c2.set_reuse_address(true)?;
     c2.bind(&SockAddr::from(loopback(false, cport)))
         .context("rebind the same source port")?;
-    let r = c2.connect_timeout(
-        &SockAddr::from(loopback(false, port)),
-        Duration::from_secs(8),
-    );
+    let r = c2.connect_timeout(&SockAddr::from(loopback(false, port)), Duration::from_secs(8));
     let waited = t0.elapsed();
     match r {
         Err(e) if errno(&e) == libc::ECONNREFUSED => {}

@@ -167,12 +167,7 @@ fn lock_band() -> Result<(u16, std::fs::File)> {
             .open(&path)
             .with_context(|| format!("open {}", path.display()))?;
         // SAFETY: flock on an fd we own.
-        let rc = unsafe {
-            libc::flock(
-                std::os::fd::AsRawFd::as_raw_fd(&f),
-                libc::LOCK_EX | libc::LOCK_NB,
-            )
-        };
+        let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX | libc::LOCK_NB) };
         if rc == 0 {
             return Ok((*base, f));
         }

@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use rstwatch_tests::http;
-use rstwatch_tests::process::{Proc, ensure_tracefs, free_port, require_root, rstwatch_bin, setpriv, temp_dir};
+use rstwatch_tests::process::{
+    Proc, ensure_tracefs, free_port, require_root, rstwatch_bin, setpriv, temp_dir,
+};
 
 use crate::manifests;
 
@@ -74,9 +76,7 @@ fn capability_set_is_minimal() {
                     ));
                 }
             }
-            Ok(None) => failures.push(format!(
-                "{label}: started without {drop}: the set is not minimal"
-            )),
+            Ok(None) => failures.push(format!("{label}: started without {drop}: the set is not minimal")),
             Err(e) => failures.push(format!("{label}: {e:#}")),
         }
     }
@@ -88,4 +88,3 @@ fn capability_set_is_minimal() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
-

@@ -37,11 +37,7 @@ fn alert_rules_and_configs_pass_promtool() {
     // discovery ("field kubernetes_sd_configs not found"): there, check the rest of the file with the
     // discovery block replaced by a static target.
     let k8s = dir.join("scrape-kubernetes.yml");
-    match run(Command::new("promtool")
-        .arg("check")
-        .arg("config")
-        .arg(&k8s))
-    {
+    match run(Command::new("promtool").arg("check").arg("config").arg(&k8s)) {
         Ok(out) => eprintln!("{out}"),
         Err(e) if format!("{e:#}").contains("field kubernetes_sd_configs not found") => {
             let text = std::fs::read_to_string(&k8s).unwrap();
@@ -75,4 +71,3 @@ fn alert_rules_and_configs_pass_promtool() {
         Err(e) => panic!("{e:#}"),
     }
 }
-

@@ -130,13 +130,21 @@ impl Dashboard {
     }
 
     fn query_variables(&self) -> impl Iterator<Item = &Variable> {
-        self.templating.list.iter().filter(|v| v.kind.as_deref() == Some("query"))
+        self.templating
+            .list
+            .iter()
+            .filter(|v| v.kind.as_deref() == Some("query"))
     }
 
     /// Each query variable with its allValue (".*" if it has none).
     pub fn template_vars(&self) -> BTreeMap<String, String> {
         self.query_variables()
-            .filter_map(|v| Some((v.name.clone()?, v.all_value.clone().unwrap_or_else(|| ".*".into()))))
+            .filter_map(|v| {
+                Some((
+                    v.name.clone()?,
+                    v.all_value.clone().unwrap_or_else(|| ".*".into()),
+                ))
+            })
             .collect()
     }
 
@@ -184,8 +192,16 @@ pub fn expand(expr: &str, vars: &BTreeMap<String, String>, rate_interval: &str, 
 fn grafana_dashboard_is_well_formed() {
     let d = dashboard().unwrap();
     assert!(d.uid.as_deref().is_some_and(|u| !u.is_empty()), "dashboard uid");
-    assert!(d.title.as_deref().is_some_and(|t| !t.is_empty()), "dashboard title");
-    let vars: Vec<&str> = d.templating.list.iter().filter_map(|v| v.name.as_deref()).collect();
+    assert!(
+        d.title.as_deref().is_some_and(|t| !t.is_empty()),
+        "dashboard title"
+    );
+    let vars: Vec<&str> = d
+        .templating
+        .list
+        .iter()
+        .filter_map(|v| v.name.as_deref())
+        .collect();
     assert!(
         vars.contains(&"datasource"),
         "a datasource variable, so the dashboard imports anywhere"
@@ -197,7 +213,12 @@ fn grafana_dashboard_is_well_formed() {
         let id = p.id.unwrap_or(-1);
         assert!(ids.insert(id), "panel id {id} ({title}) is not unique");
         let g = &p.grid_pos;
-        let (x, y, w, h) = (g.x.unwrap_or(-1), g.y.unwrap_or(-1), g.w.unwrap_or(0), g.h.unwrap_or(0));
+        let (x, y, w, h) = (
+            g.x.unwrap_or(-1),
+            g.y.unwrap_or(-1),
+            g.w.unwrap_or(0),
+            g.h.unwrap_or(0),
+        );
         assert!(
             x >= 0 && y >= 0 && w > 0 && h > 0 && x + w <= 24,
             "{title}: gridPos {x},{y} {w}x{h}"
@@ -210,11 +231,18 @@ fn grafana_dashboard_is_well_formed() {
         if p.kind.as_deref() == Some("row") {
             continue;
         }
-        assert_eq!(p.datasource.uid.as_deref(), Some("${datasource}"), "{title}: data source");
+        assert_eq!(
+            p.datasource.uid.as_deref(),
+            Some("${datasource}"),
+            "{title}: data source"
+        );
         assert!(!p.targets.is_empty(), "{title}: no query");
         let mut refs = BTreeSet::new();
         for t in &p.targets {
-            assert!(refs.insert(t.ref_id.as_deref().unwrap_or("")), "{title}: duplicate refId");
+            assert!(
+                refs.insert(t.ref_id.as_deref().unwrap_or("")),
+                "{title}: duplicate refId"
+            );
             assert!(
                 t.expr.as_deref().is_some_and(|e| e.contains("rstwatch_")),
                 "{title}: expr"

@@ -111,10 +111,7 @@ fn validator_python() -> Result<PathBuf> {
                 "--disable-pip-version-check",
                 "kubernetes-validate==1.37.0",
             ]))?;
-            ensure!(
-                ready(),
-                "kubernetes_validate does not import after pip install"
-            );
+            ensure!(ready(), "kubernetes_validate does not import after pip install");
             Ok(())
         };
         make().map(|_| python.clone()).map_err(|e| format!("{e:#}"))
@@ -149,8 +146,7 @@ fn manifests() -> Result<Manifests> {
         .get_or_init(|| {
             let get = || -> Result<Manifests> {
                 let python = validator_python()?;
-                let out =
-                    run(Command::new(python).arg(deploy().join("kubernetes/check_manifests.py")))?;
+                let out = run(Command::new(python).arg(deploy().join("kubernetes/check_manifests.py")))?;
                 serde_json::from_str(out.trim()).context("check_manifests.py output")
             };
             get().map_err(|e| format!("{e:#}"))

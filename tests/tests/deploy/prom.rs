@@ -138,7 +138,9 @@ impl Prom<'_> {
                 answer.error.as_deref().unwrap_or("?")
             );
         }
-        answer.data.with_context(|| format!("GET {path}: success without data"))
+        answer
+            .data
+            .with_context(|| format!("GET {path}: success without data"))
     }
 
     pub fn instant(&self, q: &str, at: f64) -> Result<QueryData> {

@@ -38,9 +38,7 @@ pub fn metric_names_exist(p: &Prom, alerts_text: &str, problems: &mut Vec<String
                 .iter()
                 .any(|s| name.ends_with(s));
             if is_series && !names.contains(&name) {
-                problems.push(format!(
-                    "metric {name} is used but Prometheus has no such series"
-                ));
+                problems.push(format!("metric {name} is used but Prometheus has no such series"));
             }
         }
     }
@@ -178,23 +176,19 @@ pub fn alerts(
         .filter(|l| l.trim_start().starts_with("- alert:"))
         .count();
     let mut rules = Vec::new();
-    wait_until(
-        "every alert rule evaluated",
-        Duration::from_secs(15),
-        || {
-            rules = p
-                .api::<Rules>("/api/v1/rules")?
-                .groups
-                .into_iter()
-                .flat_map(|g| g.rules)
-                .filter(|r| r.kind == "alerting")
-                .collect::<Vec<_>>();
-            Ok(rules.len() == n_alerts
-                && rules
-                    .iter()
-                    .all(|r| !r.last_evaluation.is_empty() && !r.last_evaluation.starts_with("0001-")))
-        },
-    )
+    wait_until("every alert rule evaluated", Duration::from_secs(15), || {
+        rules = p
+            .api::<Rules>("/api/v1/rules")?
+            .groups
+            .into_iter()
+            .flat_map(|g| g.rules)
+            .filter(|r| r.kind == "alerting")
+            .collect::<Vec<_>>();
+        Ok(rules.len() == n_alerts
+            && rules
+                .iter()
+                .all(|r| !r.last_evaluation.is_empty() && !r.last_evaluation.starts_with("0001-")))
+    })
     .with_context(|| {
         format!(
             "{} alerting rules loaded, alerts.yml has {n_alerts}\n{}",
@@ -205,10 +199,7 @@ pub fn alerts(
     for r in &rules {
         let name = &r.name;
         if r.health != "ok" {
-            problems.push(format!(
-                "alert {name}: health {:?}: {:?}",
-                r.health, r.last_error
-            ));
+            problems.push(format!("alert {name}: health {:?}: {:?}", r.health, r.last_error));
         }
         match p.instant(&r.query, end) {
             Ok(_) => *checked += 1,

@@ -9,7 +9,9 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, ensure};
-use rstwatch_tests::process::{Proc, ensure_tracefs, require_root, rstwatch_bin, run, setpriv, temp_dir, wait_until};
+use rstwatch_tests::process::{
+    Proc, ensure_tracefs, require_root, rstwatch_bin, run, setpriv, temp_dir, wait_until,
+};
 use rstwatch_tests::{NetNs, http, scenarios};
 
 use crate::prom::Prom;
@@ -62,7 +64,10 @@ fn scrape_test(dir: &Path) -> Result<()> {
     let mut daemon = start_rstwatch(&m, &pod, dir)?;
     let alerts = deploy().join("prometheus/alerts.yml");
     let mut prom = start_prometheus(&pod, dir, m.metrics_port, &alerts)?;
-    let p = Prom { ns: &pod, addr: PROM_ADDR };
+    let p = Prom {
+        ns: &pod,
+        addr: PROM_ADDR,
+    };
 
     // Wait until Prometheus has scraped rstwatch (target up, baseline series present).
     wait_until(
@@ -84,7 +89,11 @@ fn scrape_test(dir: &Path) -> Result<()> {
     let mut checked = 0;
     let alerts_text = std::fs::read_to_string(&alerts)?;
     queries::metric_names_exist(&p, &alerts_text, &mut problems)?;
-    let window = queries::Window { started, start: made.before - 5.0, end };
+    let window = queries::Window {
+        started,
+        start: made.before - 5.0,
+        end,
+    };
     queries::dashboard(&p, &window, &made, &mut problems, &mut checked)?;
     queries::alerts(&p, &prom, &alerts_text, end, &mut problems, &mut checked)?;
 
@@ -149,17 +158,17 @@ fn start_prometheus(pod: &NetNs, dir: &Path, port: u16, alerts: &Path) -> Result
             alerts.display()
         ),
     )?;
-    run(Command::new("promtool")
-        .arg("check")
-        .arg("config")
-        .arg(&config))?;
+    run(Command::new("promtool").arg("check").arg("config").arg(&config))?;
     let mut cmd = Command::new("prometheus");
     cmd.arg(format!("--config.file={}", config.display()))
         .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
         .arg(format!("--web.listen-address={PROM_ADDR}"))
         .arg("--storage.tsdb.retention.time=1h");
     let mut prom = Proc::spawn("prometheus", &mut cmd, Some(pod), dir.join("prometheus.log"))?;
-    let p = Prom { ns: pod, addr: PROM_ADDR };
+    let p = Prom {
+        ns: pod,
+        addr: PROM_ADDR,
+    };
     prom.wait_ready(Duration::from_secs(30), || {
         p.get("/-/ready").is_ok_and(|r| r.status == 200)
     })?;
@@ -178,19 +187,26 @@ fn start_prometheus(pod: &NetNs, dir: &Path, port: u16, alerts: &Path) -> Result
 fn make_resets(p: &Prom, daemon: &Proc) -> Result<Made> {
     let before = now();
     let by_cause = |at: f64| -> Result<BTreeMap<(String, String), f64>> {
-        Ok(p
-            .instant("sum by (direction, cause) (rstwatch_resets_total)", at)?
-            .rows()
-            .into_iter()
-            .map(|(l, v)| ((l["direction"].clone(), l["cause"].clone()), v))
-            .collect())
+        Ok(
+            p.instant("sum by (direction, cause) (rstwatch_resets_total)", at)?
+                .rows()
+                .into_iter()
+                .map(|(l, v)| ((l["direction"].clone(), l["cause"].clone()), v))
+                .collect(),
+        )
     };
     let totals_before = by_cause(before)?;
     let app = NetNs::new()?;
     let mut expected: BTreeMap<(u16, String, String), f64> = BTreeMap::new();
     let mut ports = BTreeMap::new();
     for round in 1..=2 {
-        for name in ["refused_v4", "linger0", "stale_keepalive", "half_open_idle", "listener_closed"] {
+        for name in [
+            "refused_v4",
+            "linger0",
+            "stale_keepalive",
+            "half_open_idle",
+            "listener_closed",
+        ] {
             let scn = scenarios::find(name).with_context(|| format!("scenario {name}"))?;
             let out = scenarios::run_in(&app, &scn)?;
             eprintln!(
@@ -210,9 +226,7 @@ fn make_resets(p: &Prom, daemon: &Proc) -> Result<Made> {
             .map(|p| p.to_string())
             .collect::<Vec<_>>()
             .join("|");
-        let q = format!(
-            "sum by (port, direction, cause) (rstwatch_resets_total{{port=~\"{port_re}\"}})"
-        );
+        let q = format!("sum by (port, direction, cause) (rstwatch_resets_total{{port=~\"{port_re}\"}})");
         let mut seen = BTreeMap::new();
         let r = wait_until(
             "Prometheus has the scenarios' resets",
@@ -248,10 +262,8 @@ fn make_resets(p: &Prom, daemon: &Proc) -> Result<Made> {
         std::thread::sleep(Duration::from_millis(1200));
     }
     drop(app);
-    let causes: BTreeSet<(String, String)> = expected
-        .keys()
-        .map(|(_, d, c)| (d.clone(), c.clone()))
-        .collect();
+    let causes: BTreeSet<(String, String)> =
+        expected.keys().map(|(_, d, c)| (d.clone(), c.clone())).collect();
     // Other tests on this host may add resets of their own at the same time, hence >=.
     let after = by_cause(now())?;
     for dir_cause in &causes {

@@ -73,7 +73,11 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Outcome {
     let elapsed = started.elapsed();
     let stderr = std::fs::read_to_string(&err).unwrap_or_default();
     let _ = std::fs::remove_dir_all(&dir);
-    Outcome { status, stderr, elapsed }
+    Outcome {
+        status,
+        stderr,
+        elapsed,
+    }
 }
 
 pub fn rstwatch(args: &[&str]) -> Outcome {
@@ -84,12 +88,39 @@ pub fn rstwatch(args: &[&str]) -> Outcome {
 /// stderr, and no panic. Returns the line.
 pub fn one_error(what: &str, outcome: &Outcome, code: i32) -> String {
     let lines: Vec<&str> = outcome.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    let errors: Vec<&&str> = lines.iter().filter(|l| l.starts_with("rstwatch: error: ")).collect();
-    assert!(!outcome.stderr.contains("panicked"), "{what}: panicked:\n{}", outcome.stderr);
-    assert_eq!(outcome.status.code(), Some(code), "{what}: exit status {}; stderr:\n{}", outcome.status, outcome.stderr);
-    assert_eq!(errors.len(), 1, "{what}: want one error line; stderr:\n{}", outcome.stderr);
-    assert_eq!(lines.last(), errors.first().copied(), "{what}: the error is not the last line:\n{}", outcome.stderr);
-    eprintln!("{what}: exit {code} after {:.0} ms: {}", outcome.elapsed.as_secs_f64() * 1000.0, errors[0]);
+    let errors: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.starts_with("rstwatch: error: "))
+        .collect();
+    assert!(
+        !outcome.stderr.contains("panicked"),
+        "{what}: panicked:\n{}",
+        outcome.stderr
+    );
+    assert_eq!(
+        outcome.status.code(),
+        Some(code),
+        "{what}: exit status {}; stderr:\n{}",
+        outcome.status,
+        outcome.stderr
+    );
+    assert_eq!(
+        errors.len(),
+        1,
+        "{what}: want one error line; stderr:\n{}",
+        outcome.stderr
+    );
+    assert_eq!(
+        lines.last(),
+        errors.first().copied(),
+        "{what}: the error is not the last line:\n{}",
+        outcome.stderr
+    );
+    eprintln!(
+        "{what}: exit {code} after {:.0} ms: {}",
+        outcome.elapsed.as_secs_f64() * 1000.0,
+        errors[0]
+    );
     errors[0].to_string()
 }
 
@@ -98,4 +129,3 @@ pub fn assert_says(what: &str, line: &str, needles: &[&str]) {
         assert!(line.contains(needle), "{what}: {needle:?} not in: {line}");
     }
 }
-

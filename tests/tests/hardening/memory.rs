@@ -49,6 +49,13 @@ fn start_up_peak_memory_stays_within_budget() {
         rest as f64 / 1024.0,
         REST_BUDGET_KB as f64 / 1024.0
     );
-    assert!(peak <= peak_budget, "start-up peak {peak} kB > {peak_budget} kB:\n{}", daemon.log_text());
-    assert!(rest <= REST_BUDGET_KB, "RSS at rest {rest} kB > {REST_BUDGET_KB} kB");
+    assert!(
+        peak <= peak_budget,
+        "start-up peak {peak} kB > {peak_budget} kB:\n{}",
+        daemon.log_text()
+    );
+    assert!(
+        rest <= REST_BUDGET_KB,
+        "RSS at rest {rest} kB > {REST_BUDGET_KB} kB"
+    );
 }

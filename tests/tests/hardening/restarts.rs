@@ -23,11 +23,20 @@ pub fn held_by(pid: u32) -> Result<Held> {
     let mut held = Held::default();
     for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
         let entry = entry?;
-        let Ok(target) = std::fs::read_link(entry.path()) else { continue };
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
         let target = target.to_string_lossy().into_owned();
-        let fdinfo = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", entry.file_name().to_string_lossy())).unwrap_or_default();
+        let fdinfo = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            entry.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
         let id = |key: &str| {
-            fdinfo.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().parse::<u32>().ok())
+            fdinfo
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().parse::<u32>().ok())
         };
         match target.as_str() {
             "anon_inode:bpf-prog" => held.programs.extend(id("prog_id:")),
@@ -48,7 +57,11 @@ fn bpf_object_exists(command: libc::c_int, id: u32) -> bool {
         next_id: u32,
         open_flags: u32,
     }
-    let attr = Attr { id, next_id: 0, open_flags: 0 };
+    let attr = Attr {
+        id,
+        next_id: 0,
+        open_flags: 0,
+    };
     // SAFETY: bpf(2) with a correctly sized attribute for the GET_FD_BY_ID commands.
     let fd = unsafe { libc::syscall(libc::SYS_bpf, command, &attr as *const Attr, size_of::<Attr>()) };
     if fd >= 0 {
@@ -73,8 +86,18 @@ fn still_there(held: &Held, timeout: Duration) -> Vec<String> {
             .iter()
             .filter(|id| bpf_object_exists(BPF_PROG_GET_FD_BY_ID, **id))
             .map(|id| format!("prog {id}"))
-            .chain(held.links.iter().filter(|id| bpf_object_exists(BPF_LINK_GET_FD_BY_ID, **id)).map(|id| format!("link {id}")))
-            .chain(held.maps.iter().filter(|id| bpf_object_exists(BPF_MAP_GET_FD_BY_ID, **id)).map(|id| format!("map {id}")))
+            .chain(
+                held.links
+                    .iter()
+                    .filter(|id| bpf_object_exists(BPF_LINK_GET_FD_BY_ID, **id))
+                    .map(|id| format!("link {id}")),
+            )
+            .chain(
+                held.maps
+                    .iter()
+                    .filter(|id| bpf_object_exists(BPF_MAP_GET_FD_BY_ID, **id))
+                    .map(|id| format!("map {id}")),
+            )
             .collect();
         if left.is_empty() || Instant::now() > deadline {
             return left;
@@ -110,15 +133,36 @@ fn bpftool() -> Option<&'static str> {
 fn bpftool_view(held: &Held) -> Option<(usize, usize, usize)> {
     let tool = bpftool()?;
     let list = |what: &str| -> Vec<serde_json::Value> {
-        let out = Command::new(tool).args([what, "show", "--json"]).output().ok().filter(|o| o.status.success());
+        let out = Command::new(tool)
+            .args([what, "show", "--json"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success());
         out.and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
             .and_then(|v| v.as_array().cloned())
             .unwrap_or_default()
     };
     let programs = list("prog");
-    let named = programs.iter().filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("rstwatch_"))).count();
-    let ours = programs.iter().filter(|p| p["id"].as_u64().is_some_and(|id| held.programs.contains(&(id as u32)))).count();
-    let links = list("link").iter().filter(|l| l["id"].as_u64().is_some_and(|id| held.links.contains(&(id as u32)))).count();
+    let named = programs
+        .iter()
+        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("rstwatch_")))
+        .count();
+    let ours = programs
+        .iter()
+        .filter(|p| {
+            p["id"]
+                .as_u64()
+                .is_some_and(|id| held.programs.contains(&(id as u32)))
+        })
+        .count();
+    let links = list("link")
+        .iter()
+        .filter(|l| {
+            l["id"]
+                .as_u64()
+                .is_some_and(|id| held.links.contains(&(id as u32)))
+        })
+        .count();
     Some((named, ours, links))
 }
 
@@ -139,20 +183,43 @@ fn sigterm_and_sigint_detach_everything_and_exit_0_promptly() {
         // tp_btf programs are attached through BPF links, classic tracepoints through perf events.
         let mut daemon = OwnDaemon::start(&["--program-type", program_type]).unwrap();
         let held = held_by(daemon.pid()).unwrap();
-        assert!(held.programs.len() >= 2 && !held.maps.is_empty(), "{name}: the daemon holds no programs? {held:?}");
+        assert!(
+            held.programs.len() >= 2 && !held.maps.is_empty(),
+            "{name}: the daemon holds no programs? {held:?}"
+        );
         let during = bpftool_view(&held);
         if let Some((_, ours, _)) = during {
-            assert_eq!(ours, held.programs.len(), "{name}: bpftool does not list every program the daemon holds");
+            assert_eq!(
+                ours,
+                held.programs.len(),
+                "{name}: bpftool does not list every program the daemon holds"
+            );
         }
         let started = Instant::now();
         daemon.proc.signal(signal).unwrap();
         let status = daemon.proc.wait(Duration::from_secs(10)).unwrap();
         let elapsed = started.elapsed();
-        assert_eq!(status.code(), Some(0), "{name}: exit {status}:\n{}", daemon.log_text());
-        assert!(daemon.log_text().contains(&format!("{name}: detaching and exiting")), "{name}: not logged");
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{name}: exit {status}:\n{}",
+            daemon.log_text()
+        );
+        assert!(
+            daemon
+                .log_text()
+                .contains(&format!("{name}: detaching and exiting")),
+            "{name}: not logged"
+        );
         let left = still_there(&held, Duration::from_secs(5));
-        assert!(left.is_empty(), "{name}: still in the kernel after exit: {left:?}");
-        assert!(held.links.len() + held.perf_events >= 2, "{name}: nothing attached? {held:?}");
+        assert!(
+            left.is_empty(),
+            "{name}: still in the kernel after exit: {left:?}"
+        );
+        assert!(
+            held.links.len() + held.perf_events >= 2,
+            "{name}: nothing attached? {held:?}"
+        );
         eprintln!(
             "{name} (--program-type {program_type}): exit 0 after {:.1} ms; {} programs, {} links, {} perf events, {} maps released. During: {}. After: {}",
             elapsed.as_secs_f64() * 1000.0,
@@ -163,7 +230,10 @@ fn sigterm_and_sigint_detach_everything_and_exit_0_promptly() {
             describe(during),
             describe(bpftool_view(&held)),
         );
-        assert!(elapsed < Duration::from_secs(2), "{name}: took {elapsed:?} to exit");
+        assert!(
+            elapsed < Duration::from_secs(2),
+            "{name}: took {elapsed:?} to exit"
+        );
     }
 }
 
@@ -178,18 +248,37 @@ fn kill_9_leaves_nothing_attached() {
     let during = bpftool_view(&held);
     daemon.proc.signal(libc::SIGKILL).unwrap();
     let status = daemon.proc.wait(Duration::from_secs(10)).unwrap();
-    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
     let left = still_there(&held, Duration::from_secs(5));
     let after = bpftool_view(&held);
-    eprintln!("kill -9: before: {}; during: {}; after: {}", describe(before), describe(during), describe(after));
+    eprintln!(
+        "kill -9: before: {}; during: {}; after: {}",
+        describe(before),
+        describe(during),
+        describe(after)
+    );
     assert!(left.is_empty(), "still in the kernel after kill -9: {left:?}");
     if let Some((_, ours, links)) = after {
-        assert_eq!((ours, links), (0, 0), "bpftool still lists the daemon's programs or links");
+        assert_eq!(
+            (ours, links),
+            (0, 0),
+            "bpftool still lists the daemon's programs or links"
+        );
     }
     // Nothing pinned: rstwatch keeps its state only in its own file descriptors.
     if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") {
-        let pinned: Vec<_> = entries.flatten().filter(|e| e.file_name().to_string_lossy().to_lowercase().contains("rstwatch")).collect();
+        let pinned: Vec<_> = entries
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .to_lowercase()
+                    .contains("rstwatch")
+            })
+            .collect();
         assert!(pinned.is_empty(), "pinned objects under /sys/fs/bpf: {pinned:?}");
     }
 }
-

@@ -47,12 +47,18 @@ fn rstwatch_counts(before: &Scrape, after: &Scrape, spec: &StormSpec) -> Counts 
         .values("rstwatch_events_lost_total", "stage")
         .into_iter()
         .map(|(stage, v)| {
-            let b = lost_before.iter().find(|(s, _)| *s == stage).map_or(0.0, |(_, v)| *v);
+            let b = lost_before
+                .iter()
+                .find(|(s, _)| *s == stage)
+                .map_or(0.0, |(_, v)| *v);
             (stage, delta(b, v))
         })
         .collect();
     let counted = |direction, cause, by_comm| {
-        delta(resets(before, direction, cause, by_comm), resets(after, direction, cause, by_comm))
+        delta(
+            resets(before, direction, cause, by_comm),
+            resets(after, direction, cause, by_comm),
+        )
     };
     Counts {
         sent: counted("sent", "no_listener", false),
@@ -75,7 +81,10 @@ fn prog_delta(before: &[system::ProgFd], after: &[system::ProgFd]) -> Vec<ProgSt
             let b = before.iter().find(|b| b.id == a.id).cloned().unwrap_or_default();
             ProgStat {
                 id: a.id,
-                name: names.get(&a.id).cloned().unwrap_or_else(|| format!("prog {}", a.id)),
+                name: names
+                    .get(&a.id)
+                    .cloned()
+                    .unwrap_or_else(|| format!("prog {}", a.id)),
                 run_cnt: a.run_cnt.saturating_sub(b.run_cnt),
                 run_time_ns: a.run_time_ns.saturating_sub(b.run_time_ns),
                 recursion_misses: a.recursion_misses.saturating_sub(b.recursion_misses),
@@ -129,14 +138,20 @@ pub fn measure(
             let before = daemon.scrape()?;
             let mut scrapes = None;
             let (mut tool, cpu_end) = observe(&mut sample, pid, daemon.startup, profile, || {
-                let scraper = Scraper::start(daemon.addr, Duration::from_secs(1), spec.duration + Duration::from_secs(40));
+                let scraper = Scraper::start(
+                    daemon.addr,
+                    Duration::from_secs(1),
+                    spec.duration + Duration::from_secs(40),
+                );
                 let result = tools::run_storm(storm, &netns.path(), spec);
                 scrapes = Some(scraper.finish());
                 result
             })?;
             let after = daemon.scrape()?;
             system::sleep(Duration::from_millis(500));
-            tool.tail_cpu_ns = system::threads_cpu_ns(pid).unwrap_or(cpu_end).saturating_sub(cpu_end);
+            tool.tail_cpu_ns = system::threads_cpu_ns(pid)
+                .unwrap_or(cpu_end)
+                .saturating_sub(cpu_end);
             if let Some(scrapes) = scrapes {
                 tool.scrapes_ok = scrapes.ok;
                 tool.scrapes_failed = scrapes.failed;
@@ -147,7 +162,10 @@ pub fn measure(
             if let Some(status) = daemon.stop()
                 && !status.success()
             {
-                setup::say(&format!("rstwatch exited with {status}; log {}", daemon.log.display()));
+                setup::say(&format!(
+                    "rstwatch exited with {status}; log {}",
+                    daemon.log.display()
+                ));
             }
         }
         Mode::Bpftrace => {
@@ -155,14 +173,24 @@ pub fn measure(
             let pid = bpftrace.pid();
             sample.foreign_tracers = system::foreign_tracers(&[pid]).len();
             system::sleep(Duration::from_millis(300));
-            let (tool, _) =
-                observe(&mut sample, pid, bpftrace.startup, profile, || tools::run_storm(storm, &netns.path(), spec))?;
+            let (tool, _) = observe(&mut sample, pid, bpftrace.startup, profile, || {
+                tools::run_storm(storm, &netns.path(), spec)
+            })?;
             let (sent, received, note) = bpftrace.stop()?;
             if let Some(note) = note {
-                setup::say(&format!("bpftrace {note}; see {}", out.join("bpftrace.log").display()));
+                setup::say(&format!(
+                    "bpftrace {note}; see {}",
+                    out.join("bpftrace.log").display()
+                ));
             }
             // bpftrace counts host-wide and from its start: at least the storm's resets.
-            sample.counts = Some(Counts { sent, received, received_owned: None, socket_errors: None, lost: Vec::new() });
+            sample.counts = Some(Counts {
+                sent,
+                received,
+                received_owned: None,
+                socket_errors: None,
+                lost: Vec::new(),
+            });
             sample.tool = Some(tool);
         }
     }

@@ -32,9 +32,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use self::{
-    tools::{StormResult, StormSpec},
-};
+use self::tools::{StormResult, StormSpec};
 use crate::setup;
 
 #[derive(clap::Args, Clone, Debug)]
@@ -109,8 +107,14 @@ impl Options {
         Plan {
             rounds: self.rounds.unwrap_or(if q { 3 } else { 5 }),
             duration: self.duration.unwrap_or(if q { 1.0 } else { 2.0 }),
-            threads: self.threads.clone().unwrap_or(if q { vec![1] } else { vec![1, 2] }),
-            ports: self.ports.clone().unwrap_or(if q { vec![1] } else { vec![1, 10_000] }),
+            threads: self
+                .threads
+                .clone()
+                .unwrap_or(if q { vec![1] } else { vec![1, 2] }),
+            ports: self
+                .ports
+                .clone()
+                .unwrap_or(if q { vec![1] } else { vec![1, 10_000] }),
             wait_quiet: self.wait_quiet.unwrap_or(if q { 20 } else { 120 }),
         }
     }
@@ -243,7 +247,8 @@ pub fn run(root: &Path, options: Options) -> anyhow::Result<()> {
         let out = root.join(&options.out);
         let path = out.join("results.json");
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let json: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         report::chart(&json, &out.join("ratios.png"))?;
         println!("{}", report::table(&json));
         return Ok(());
@@ -258,7 +263,12 @@ pub fn run(root: &Path, options: Options) -> anyhow::Result<()> {
     if plan.threads.is_empty() || plan.threads.iter().any(|t| !(1..=16).contains(t)) {
         bail!("--threads: 1 to 16 each");
     }
-    if plan.ports.is_empty() || plan.ports.iter().any(|k| *k == 0 || options.port as u32 + k - 1 > 65535) {
+    if plan.ports.is_empty()
+        || plan
+            .ports
+            .iter()
+            .any(|k| *k == 0 || options.port as u32 + k - 1 > 65535)
+    {
         bail!("--ports: each range PORT..PORT+K-1 must lie within 1..=65535");
     }
     if options.workloads.is_empty() {
@@ -270,7 +280,13 @@ pub fn run(root: &Path, options: Options) -> anyhow::Result<()> {
     system::restore_leftover_sysctls(&out);
     system::remove_stale_netns();
 
-    let mut modes = vec![Mode::Bare, Mode::Rstwatch { label: "rstwatch".into(), args: Vec::new() }];
+    let mut modes = vec![
+        Mode::Bare,
+        Mode::Rstwatch {
+            label: "rstwatch".into(),
+            args: Vec::new(),
+        },
+    ];
     if !options.no_bpftrace {
         modes.push(Mode::Bpftrace);
     }
@@ -294,12 +310,19 @@ pub fn run(root: &Path, options: Options) -> anyhow::Result<()> {
     }
     report::ensure_font()?;
     let (rstwatch, storm) = if options.no_build {
-        (crate::release_dir(root).join("rstwatch"), crate::release_dir(root).join("storm"))
+        (
+            crate::release_dir(root).join("rstwatch"),
+            crate::release_dir(root).join("storm"),
+        )
     } else {
         setup::ensure_build_tools()?;
         let rstwatch = crate::build_release(root)?;
         setup::say("building target/release/storm (the storm generator, rstwatch-tests)");
-        crate::cargo(root, &["build", "--release", "-p", "rstwatch-tests", "--bin", "storm"], &[])?;
+        crate::cargo(
+            root,
+            &["build", "--release", "-p", "rstwatch-tests", "--bin", "storm"],
+            &[],
+        )?;
         (rstwatch, crate::release_dir(root).join("storm"))
     };
     for binary in [&rstwatch, &storm] {
@@ -309,13 +332,22 @@ pub fn run(root: &Path, options: Options) -> anyhow::Result<()> {
     }
 
     let mut wait_budget = Duration::from_secs(plan.wait_quiet);
-    let quiet = wait_for_quiet(&mut wait_budget, Duration::from_secs(2), true, options.ignore_other_tracers)?;
+    let quiet = wait_for_quiet(
+        &mut wait_budget,
+        Duration::from_secs(2),
+        true,
+        options.ignore_other_tracers,
+    )?;
     let started = Instant::now();
     let mut configs = Vec::new();
     let mut netns_n = 0u32;
     for &workload in &options.workloads {
         // One listener port for connections: distinct ports matter to the reset storm's labels.
-        let port_counts = if workload == Workload::Connections { vec![1] } else { plan.ports.clone() };
+        let port_counts = if workload == Workload::Connections {
+            vec![1]
+        } else {
+            plan.ports.clone()
+        };
         for &threads in &plan.threads {
             for &ports in &port_counts {
                 system::check_stop()?;
@@ -333,16 +365,27 @@ pub fn run(root: &Path, options: Options) -> anyhow::Result<()> {
                     plan.rounds,
                     modes.iter().map(Mode::label).collect::<Vec<_>>().join(", ")
                 ));
-                let mut config = Config { workload, threads, ports, samples: Vec::new() };
+                let mut config = Config {
+                    workload,
+                    threads,
+                    ports,
+                    samples: Vec::new(),
+                };
                 for round in 1..=plan.rounds {
                     if round > 1 && !wait_budget.is_zero() {
                         // Between rounds too: other engineers' builds and tests come and go.
-                        wait_for_quiet(&mut wait_budget, Duration::from_secs(1), false, options.ignore_other_tracers)?;
+                        wait_for_quiet(
+                            &mut wait_budget,
+                            Duration::from_secs(1),
+                            false,
+                            options.ignore_other_tracers,
+                        )?;
                     }
                     for k in 0..modes.len() {
                         let mode = &modes[(k + round as usize - 1) % modes.len()];
                         netns_n += 1;
-                        let sample = measure::measure(&rstwatch, &storm, &spec, mode, round, false, &out, netns_n)?;
+                        let sample =
+                            measure::measure(&rstwatch, &storm, &spec, mode, round, false, &out, netns_n)?;
                         eprintln!("xtask:   {}", report::one_line(&sample));
                         config.samples.push(sample);
                     }
@@ -356,7 +399,8 @@ pub fn run(root: &Path, options: Options) -> anyhow::Result<()> {
                         let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
                             .context("BPF_ENABLE_STATS for the profile round")?;
                         netns_n += 1;
-                        let sample = measure::measure(&rstwatch, &storm, &spec, mode, round, true, &out, netns_n)?;
+                        let sample =
+                            measure::measure(&rstwatch, &storm, &spec, mode, round, true, &out, netns_n)?;
                         eprintln!("xtask:   {}", report::one_line(&sample));
                         config.samples.push(sample);
                     }
@@ -389,7 +433,12 @@ pub fn run(root: &Path, options: Options) -> anyhow::Result<()> {
 
 /// Wait (bounded by what is left of `budget`) until no other process uses much CPU and no other
 /// BPF tracer is loaded; say what was seen.
-fn wait_for_quiet(budget: &mut Duration, window: Duration, verbose: bool, tracers_ok: bool) -> anyhow::Result<Quiet> {
+fn wait_for_quiet(
+    budget: &mut Duration,
+    window: Duration,
+    verbose: bool,
+    tracers_ok: bool,
+) -> anyhow::Result<Quiet> {
     let started = Instant::now();
     loop {
         system::check_stop()?;
@@ -405,21 +454,39 @@ fn wait_for_quiet(budget: &mut Duration, window: Duration, verbose: bool, tracer
                     tracers.len()
                 ));
             }
-            return Ok(Quiet { waited: spent, busy_cores, loadavg: system::loadavg(), busy, tracers });
+            return Ok(Quiet {
+                waited: spent,
+                busy_cores,
+                loadavg: system::loadavg(),
+                busy,
+                tracers,
+            });
         }
         if verbose || spent.is_zero() {
-            let who: Vec<String> =
-                busy.iter().take(3).map(|(pid, comm, s)| format!("{comm}[{pid}] {:.0}%", s * 100.0)).collect();
-            let tr: Vec<String> =
-                tracers.iter().map(|(pid, comm, ids)| format!("{comm}[{pid}] {} progs", ids.len())).collect();
+            let who: Vec<String> = busy
+                .iter()
+                .take(3)
+                .map(|(pid, comm, s)| format!("{comm}[{pid}] {:.0}%", s * 100.0))
+                .collect();
+            let tr: Vec<String> = tracers
+                .iter()
+                .map(|(pid, comm, ids)| format!("{comm}[{pid}] {} progs", ids.len()))
+                .collect();
             setup::say(&format!(
                 "waiting for a quiet machine (busy {busy_cores:.2} cores: {}; other BPF tracers: {}); {}s of waiting left",
-                if who.is_empty() { "-".into() } else { who.join(", ") },
-                if tr.is_empty() { "none".into() } else { tr.join(", ") },
+                if who.is_empty() {
+                    "-".into()
+                } else {
+                    who.join(", ")
+                },
+                if tr.is_empty() {
+                    "none".into()
+                } else {
+                    tr.join(", ")
+                },
                 budget.saturating_sub(spent).as_secs()
             ));
         }
         system::sleep(Duration::from_secs(2));
     }
 }
-

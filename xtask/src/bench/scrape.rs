@@ -18,11 +18,16 @@ pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Resu
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
     let response = String::from_utf8_lossy(&response);
-    let (head, body) = response.split_once("\r\n\r\n").ok_or_else(|| anyhow!("no HTTP header end"))?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("no HTTP header end"))?;
     if !head.starts_with("HTTP/1.1 200") {
         bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
     }
@@ -53,7 +58,9 @@ impl Scrape {
                     None => continue,
                 },
             };
-            let Ok(value) = value.split_whitespace().next().unwrap_or("").parse::<f64>() else { continue };
+            let Ok(value) = value.split_whitespace().next().unwrap_or("").parse::<f64>() else {
+                continue;
+            };
             let (name, labels) = match series.split_once('{') {
                 Some((name, rest)) => (name, parse_labels(rest.trim_end_matches('}'))),
                 None => (series, Vec::new()),
@@ -77,7 +84,11 @@ impl Scrape {
             .iter()
             .filter(|(n, _, _)| n == name)
             .map(|(_, labels, v)| {
-                let l = labels.iter().find(|(k, _)| k == label).map(|(_, v)| v.clone()).unwrap_or_default();
+                let l = labels
+                    .iter()
+                    .find(|(k, _)| k == label)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default();
                 (l, *v)
             })
             .collect()
@@ -90,7 +101,10 @@ pub struct Labels<'a>(&'a [(String, String)]);
 impl Labels<'_> {
     /// A label's value; "" when absent.
     pub fn get(&self, name: &str) -> &str {
-        self.0.iter().find(|(k, _)| k == name).map_or("", |(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map_or("", |(_, v)| v.as_str())
     }
 }
 
@@ -154,7 +168,9 @@ impl Scraper {
                     match http_get(addr, "/metrics", Duration::from_secs(2)) {
                         Ok(_) => {
                             o.fetch_add(1, Ordering::SeqCst);
-                            l.lock().expect("not poisoned").push(t.elapsed().as_secs_f64() * 1e3);
+                            l.lock()
+                                .expect("not poisoned")
+                                .push(t.elapsed().as_secs_f64() * 1e3);
                         }
                         Err(_) => {
                             f.fetch_add(1, Ordering::SeqCst);
@@ -165,7 +181,13 @@ impl Scraper {
                 std::thread::sleep(Duration::from_millis(10));
             }
         });
-        Scraper { stop, ok, failed, latencies, handle: Some(handle) }
+        Scraper {
+            stop,
+            ok,
+            failed,
+            latencies,
+            handle: Some(handle),
+        }
     }
 
     pub fn finish(mut self) -> Scrapes {

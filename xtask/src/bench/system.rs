@@ -99,17 +99,27 @@ pub fn reset_peak_rss(pid: u32) -> bool {
 
 pub fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        })
         .unwrap_or(false)
 }
 
 pub fn comm(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 fn all_pids() -> Vec<u32> {
     std::fs::read_dir("/proc")
-        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -125,10 +135,16 @@ pub struct CpuTimes {
 pub fn cpu_times() -> CpuTimes {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let line = stat.lines().next().unwrap_or("");
-    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
     let total: u64 = v.iter().take(8).sum();
     let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-    CpuTimes { busy: total.saturating_sub(idle) }
+    CpuTimes {
+        busy: total.saturating_sub(idle),
+    }
 }
 
 /// Busy cores between two readings (e.g. 1.0 = one core fully busy), and the busy CPU time in ns.
@@ -146,7 +162,10 @@ pub fn loadavg() -> String {
 /// Processes that used more than `min_share` of a core over `window`, busiest first, excluding
 /// `ours`: (pid, comm, share of one core).
 pub fn busy_processes(window: Duration, min_share: f64, ours: &[u32]) -> (f64, Vec<(u32, String, f64)>) {
-    let before: BTreeMap<u32, u64> = all_pids().into_iter().filter_map(|p| Some((p, process_cpu_ns(p)?))).collect();
+    let before: BTreeMap<u32, u64> = all_pids()
+        .into_iter()
+        .filter_map(|p| Some((p, process_cpu_ns(p)?)))
+        .collect();
     let t0 = cpu_times();
     let started = Instant::now();
     sleep(window);
@@ -157,8 +176,11 @@ pub fn busy_processes(window: Duration, min_share: f64, ours: &[u32]) -> (f64, V
         if ours.contains(&pid) {
             continue;
         }
-        let Some(after) = process_cpu_ns(pid) else { continue };
-        let share = after.saturating_sub(before.get(&pid).copied().unwrap_or(after)) as f64 / wall.as_nanos() as f64;
+        let Some(after) = process_cpu_ns(pid) else {
+            continue;
+        };
+        let share =
+            after.saturating_sub(before.get(&pid).copied().unwrap_or(after)) as f64 / wall.as_nanos() as f64;
         if share >= min_share {
             busy.push((pid, comm(pid), share));
         }
@@ -201,10 +223,14 @@ pub struct ProgFd {
 
 /// The BPF programs `pid` holds open (anon_inode:bpf-prog), from /proc/PID/fdinfo, by id.
 pub fn bpf_prog_fds(pid: u32) -> Vec<ProgFd> {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
     let mut progs: BTreeMap<u32, ProgFd> = BTreeMap::new();
     for entry in dir.flatten() {
-        let Ok(target) = std::fs::read_link(entry.path()) else { continue };
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
         if target.as_os_str() != "anon_inode:bpf-prog" {
             continue;
         }
@@ -214,7 +240,9 @@ pub fn bpf_prog_fds(pid: u32) -> Vec<ProgFd> {
         };
         let mut p = ProgFd::default();
         for line in info.lines() {
-            let Some((k, v)) = line.split_once(':') else { continue };
+            let Some((k, v)) = line.split_once(':') else {
+                continue;
+            };
             let v = v.trim();
             match k {
                 "prog_id" => p.id = v.parse().unwrap_or(0),
@@ -237,7 +265,9 @@ pub fn bpf_prog_names() -> BTreeMap<u32, String> {
     let Ok(out) = Command::new("bpftool").args(["prog", "show", "--json"]).output() else {
         return BTreeMap::new();
     };
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else { return BTreeMap::new() };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+        return BTreeMap::new();
+    };
     v.as_array()
         .map(|progs| {
             progs
@@ -254,10 +284,14 @@ pub fn bpf_prog_names() -> BTreeMap<u32, String> {
 /// Put back sysctls that a benchmark killed mid-run left changed (notes `restore-<key>` in
 /// `state_dir`; earlier versions set `kernel.bpf_stats_enabled` for the profile rounds).
 pub fn restore_leftover_sysctls(state_dir: &Path) {
-    let Ok(dir) = std::fs::read_dir(state_dir) else { return };
+    let Ok(dir) = std::fs::read_dir(state_dir) else {
+        return;
+    };
     for entry in dir.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(key) = name.strip_prefix("restore-") else { continue };
+        let Some(key) = name.strip_prefix("restore-") else {
+            continue;
+        };
         if let Ok(value) = std::fs::read_to_string(entry.path()) {
             let value = value.trim();
             if write_sysctl(key, value).is_ok() {
@@ -306,10 +340,14 @@ impl Drop for NetNs {
 
 /// Delete namespaces of earlier benchmark runs whose process is gone.
 pub fn remove_stale_netns() {
-    let Ok(dir) = std::fs::read_dir("/run/netns") else { return };
+    let Ok(dir) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
     for entry in dir.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.strip_prefix(NETNS_PREFIX).and_then(|r| r.split('-').next()?.parse::<u32>().ok())
+        let Some(pid) = name
+            .strip_prefix(NETNS_PREFIX)
+            .and_then(|r| r.split('-').next()?.parse::<u32>().ok())
         else {
             continue;
         };
@@ -320,9 +358,15 @@ pub fn remove_stale_netns() {
 }
 
 pub fn run(command: &mut Command) -> anyhow::Result<String> {
-    let out = command.output().with_context(|| format!("starting {command:?}"))?;
+    let out = command
+        .output()
+        .with_context(|| format!("starting {command:?}"))?;
     if !out.status.success() {
-        bail!("{command:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{command:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -336,7 +380,10 @@ pub fn on_path(tool: &str) -> bool {
 /// `apt-get install` what the benchmark needs, if missing (root only).
 pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     eprintln!("xtask: installing Debian packages: {}", packages.join(" "));
-    let _ = Command::new("apt-get").args(["update", "-qq"]).env("DEBIAN_FRONTEND", "noninteractive").status();
+    let _ = Command::new("apt-get")
+        .args(["update", "-qq"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status();
     let status = Command::new("apt-get")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(packages)

@@ -106,7 +106,9 @@ pub fn run_storm(storm_bin: &Path, netns: &str, spec: &StormSpec) -> anyhow::Res
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     die_with_parent(&mut command, libc::SIGKILL);
-    let mut child = command.spawn().with_context(|| format!("starting {}", storm_bin.display()))?;
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("starting {}", storm_bin.display()))?;
     let deadline = Instant::now() + spec.duration + Duration::from_secs(30);
     let status = loop {
         if let Some(status) = child.try_wait()? {
@@ -124,11 +126,19 @@ pub fn run_storm(storm_bin: &Path, netns: &str, spec: &StormSpec) -> anyhow::Res
     child.stdout.take().map(|mut s| s.read_to_string(&mut stdout));
     child.stderr.take().map(|mut s| s.read_to_string(&mut stderr));
     if !status.success() {
-        bail!("storm generator failed ({status}): {}{}", stderr.trim(), stdout.trim());
+        bail!(
+            "storm generator failed ({status}): {}{}",
+            stderr.trim(),
+            stdout.trim()
+        );
     }
     let raw: serde_json::Value =
         serde_json::from_str(stdout.trim()).with_context(|| format!("storm output {stdout:?}"))?;
-    let get = |k: &str| raw[k].as_u64().ok_or_else(|| anyhow!("storm output has no {k}: {stdout}"));
+    let get = |k: &str| {
+        raw[k]
+            .as_u64()
+            .ok_or_else(|| anyhow!("storm output has no {k}: {stdout}"))
+    };
     Ok(StormResult {
         attempts: get("attempts")?,
         ops: get("ops")?,
@@ -177,12 +187,24 @@ impl Daemon {
             .stderr(Stdio::from(logf));
         die_with_parent(&mut command, libc::SIGTERM);
         let spawned = Instant::now();
-        let child = command.spawn().with_context(|| format!("starting {}", binary.display()))?;
-        let mut daemon = Daemon { child, addr, log, startup: Duration::ZERO, attached: Vec::new() };
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let mut daemon = Daemon {
+            child,
+            addr,
+            log,
+            startup: Duration::ZERO,
+            attached: Vec::new(),
+        };
         let deadline = spawned + Duration::from_secs(30);
         loop {
             if let Some(status) = daemon.child.try_wait()? {
-                bail!("rstwatch exited during start-up ({status}); log {}:\n{}", daemon.log.display(), tail(&daemon.log));
+                bail!(
+                    "rstwatch exited during start-up ({status}); log {}:\n{}",
+                    daemon.log.display(),
+                    tail(&daemon.log)
+                );
             }
             if let Ok(scrape) = daemon.scrape() {
                 let attached = scrape.values("rstwatch_probe_attached", "probe");
@@ -197,7 +219,11 @@ impl Daemon {
             }
             if Instant::now() > deadline || system::stopping() {
                 daemon.stop();
-                bail!("rstwatch did not attach within 30 s; log {}:\n{}", daemon.log.display(), tail(&daemon.log));
+                bail!(
+                    "rstwatch did not attach within 30 s; log {}:\n{}",
+                    daemon.log.display(),
+                    tail(&daemon.log)
+                );
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -208,7 +234,11 @@ impl Daemon {
     }
 
     pub fn scrape(&self) -> anyhow::Result<Scrape> {
-        Ok(Scrape::parse(&http_get(self.addr, "/metrics", Duration::from_secs(5))?))
+        Ok(Scrape::parse(&http_get(
+            self.addr,
+            "/metrics",
+            Duration::from_secs(5),
+        )?))
     }
 
     /// SIGTERM (the daemon detaches and exits 0), SIGKILL after 10 s.
@@ -266,7 +296,11 @@ impl Bpftrace {
                 }
             }
         });
-        let mut b = Bpftrace { child, lines, startup: Duration::ZERO };
+        let mut b = Bpftrace {
+            child,
+            lines,
+            startup: Duration::ZERO,
+        };
         let deadline = spawned + Duration::from_secs(60);
         loop {
             match b.lines.recv_timeout(Duration::from_millis(50)) {
@@ -295,15 +329,26 @@ impl Bpftrace {
     /// SIGINT: bpftrace prints its maps and exits. Returns (sent, received) counts, and how it
     /// ended when that was not a plain exit after the SIGINT.
     pub fn stop(mut self) -> anyhow::Result<(u64, u64, Option<String>)> {
-        let early = self.child.try_wait().ok().flatten().map(|s| format!("had already exited ({s})"));
+        let early = self
+            .child
+            .try_wait()
+            .ok()
+            .flatten()
+            .map(|s| format!("had already exited ({s})"));
         let status = stop_child(&mut self.child, libc::SIGINT, Duration::from_secs(10));
-        let note = early.or_else(|| status.filter(|s| !s.success()).map(|s| format!("exited with {s}")));
+        let note = early.or_else(|| {
+            status
+                .filter(|s| !s.success())
+                .map(|s| format!("exited with {s}"))
+        });
         let (mut sent, mut received) = (0, 0);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             match self.lines.recv_timeout(Duration::from_millis(100)) {
                 Ok(line) => {
-                    let Some((key, value)) = line.split_once(':') else { continue };
+                    let Some((key, value)) = line.split_once(':') else {
+                        continue;
+                    };
                     let value: u64 = value.trim().parse().unwrap_or(0);
                     match key.trim() {
                         "@rst[sent]" => sent = value,

@@ -28,15 +28,28 @@ fn finds_the_cgroup2_mount() {
     // A bind mount of a sub-tree comes after mounts of the root.
     let sub = "50 40 0:26 /kubepods.slice /host/cgroup rw - cgroup2 cgroup2 rw\n";
     assert_eq!(mounts(sub), [PathBuf::from("/host/cgroup")]);
-    assert_eq!(mounts(&format!("{sub}{UNIFIED}")), [PathBuf::from("/sys/fs/cgroup"), PathBuf::from("/host/cgroup")]);
-    assert_eq!(mounts("7 1 0:26 / /mnt/my\\040cgroup rw - cgroup2 none rw\n"), [PathBuf::from("/mnt/my cgroup")]);
+    assert_eq!(
+        mounts(&format!("{sub}{UNIFIED}")),
+        [PathBuf::from("/sys/fs/cgroup"), PathBuf::from("/host/cgroup")]
+    );
+    assert_eq!(
+        mounts("7 1 0:26 / /mnt/my\\040cgroup rw - cgroup2 none rw\n"),
+        [PathBuf::from("/mnt/my cgroup")]
+    );
 }
 
 #[test]
 fn this_machine_has_a_cgroup2_mount_of_the_whole_hierarchy() {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let mount = mounts(&mountinfo).into_iter().next().expect("no cgroup2 in /proc/self/mountinfo");
-    assert!(mount.join("cgroup.procs").exists(), "{} is not a cgroup2 root", mount.display());
+    let mount = mounts(&mountinfo)
+        .into_iter()
+        .next()
+        .expect("no cgroup2 in /proc/self/mountinfo");
+    assert!(
+        mount.join("cgroup.procs").exists(),
+        "{} is not a cgroup2 root",
+        mount.display()
+    );
     let paths = CgroupPaths::open(Limits::default()).unwrap();
     assert_eq!(cgroup_id(paths.root()).unwrap(), ROOT_CGROUP_ID);
 }
@@ -47,7 +60,11 @@ struct TempTree(PathBuf);
 impl TempTree {
     fn new() -> TempTree {
         static NEXT: AtomicU32 = AtomicU32::new(0);
-        let name = format!("rstwatch-paths-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "rstwatch-paths-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
         let root = std::env::temp_dir().join(name);
         std::fs::create_dir_all(&root).unwrap();
         TempTree(root)
@@ -68,7 +85,11 @@ impl Drop for TempTree {
 }
 
 fn walk_only(interval: Duration, max_entries: usize) -> Limits {
-    Limits { rescan_interval: interval, max_entries, by_handle: false }
+    Limits {
+        rescan_interval: interval,
+        max_entries,
+        by_handle: false,
+    }
 }
 
 #[test]
@@ -83,7 +104,9 @@ fn walk_resolves_every_directory_and_skips_files() {
         Some("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-podx.slice")
     );
     assert_eq!(paths.resolve(cgroup_id(&tree.0).unwrap()).as_deref(), Some("/"));
-    let file_inode = std::fs::metadata(tree.0.join("system.slice/ssh.service/cgroup.procs")).unwrap().ino();
+    let file_inode = std::fs::metadata(tree.0.join("system.slice/ssh.service/cgroup.procs"))
+        .unwrap()
+        .ino();
     assert_eq!(paths.resolve(file_inode), None);
     // Hits do not walk again.
     let walks = paths.stats().scans;
@@ -125,6 +148,9 @@ fn the_cache_is_bounded() {
 fn relative_paths() {
     let root = Path::new("/sys/fs/cgroup");
     assert_eq!(relative(root, Path::new("/sys/fs/cgroup")), "/");
-    assert_eq!(relative(root, Path::new("/sys/fs/cgroup/a/b.scope")), "/a/b.scope");
+    assert_eq!(
+        relative(root, Path::new("/sys/fs/cgroup/a/b.scope")),
+        "/a/b.scope"
+    );
     assert_eq!(relative(root, Path::new("/elsewhere")), "/elsewhere");
 }

@@ -7,7 +7,8 @@ use super::*;
 pub(crate) const WEB_UID: &str = "5f0c3e4a-9b1d-4c2e-8f7a-2d6b1e9c4a10";
 pub(crate) const WEB: &str = "4b5e57f6eb2f42b9039b3d1e13929295f231749c510cbe341cd68036d9af97e2";
 pub(crate) const ENVOY: &str = "84532b306f259587c364bd7301e0813963d5b84fd27c9338f0862dab8f0499d7";
-pub(crate) const ENVOY_BEFORE_RESTART: &str = "097334284c7ff2e26a3421cdc4b7fd554c10b6bf234b48b0c4991f6d210d4cc1";
+pub(crate) const ENVOY_BEFORE_RESTART: &str =
+    "097334284c7ff2e26a3421cdc4b7fd554c10b6bf234b48b0c4991f6d210d4cc1";
 pub(crate) const MIGRATE: &str = "3bc801a33ea83df414e1aeb962a52412835be99db28668ec25de73fdd4733804";
 pub(crate) const PAUSE: &str = "a75140826639ee8f9ae1b187989a845fd8277c8cbdc7fee7511f03e7bad69bf1";
 pub(crate) const APISERVER_UID: &str = "8e3f1a2b-6c4d-4e5f-9a8b-7c6d5e4f3a21";
@@ -26,7 +27,11 @@ pub(crate) const RELIST: &str = include_str!("../fixtures/pod-relist.json");
 pub(crate) const WATCH: &str = include_str!("../fixtures/pod-watch.jsonl");
 
 pub(crate) fn pod_ref(namespace: &str, pod: &str, container: Option<&str>) -> Option<PodRef> {
-    Some(PodRef { namespace: namespace.into(), pod: pod.into(), container: container.map(str::to_string) })
+    Some(PodRef {
+        namespace: namespace.into(),
+        pod: pod.into(),
+        container: container.map(str::to_string),
+    })
 }
 
 fn list(index: &PodIndex, json: &str) {
@@ -39,7 +44,10 @@ fn list(index: &PodIndex, json: &str) {
 }
 
 fn watch_events() -> Vec<WatchEvent<WatchedPod>> {
-    WATCH.lines().map(|line| serde_json::from_str(line).expect("recorded watch event")).collect()
+    WATCH
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("recorded watch event"))
+        .collect()
 }
 
 #[test]
@@ -86,14 +94,24 @@ fn watch_events_update_and_deleted_pods_linger_for_the_grace_period() {
         index.lookup(EXPORTER_UID, EXPORTER),
         pod_ref("monitoring", "node-exporter-abcde", Some("node-exporter"))
     );
-    assert_eq!(index.lookup(CART_UID, CART), pod_ref("shop", "cart-0", Some("cart")));
+    assert_eq!(
+        index.lookup(CART_UID, CART),
+        pod_ref("shop", "cart-0", Some("cart"))
+    );
     // Deleted, but its last connections' resets still get a name for a while.
-    assert_eq!(index.lookup(WEB_UID, WEB), pod_ref("default", "web-7d4b9c6f5-x2x9q", Some("web")));
+    assert_eq!(
+        index.lookup(WEB_UID, WEB),
+        pod_ref("default", "web-7d4b9c6f5-x2x9q", Some("web"))
+    );
     assert_eq!(index.live_pods(), 3);
     std::thread::sleep(Duration::from_millis(250));
     assert_eq!(index.lookup(WEB_UID, WEB), None);
     index.relist_start(); // any write purges what is past the grace period
-    assert_eq!(index.inner.read().unwrap().by_uid.len(), 4, "web's entry was not purged");
+    assert_eq!(
+        index.inner.read().unwrap().by_uid.len(),
+        4,
+        "web's entry was not purged"
+    );
 }
 
 #[test]
@@ -102,9 +120,18 @@ fn a_relist_forgets_pods_it_no_longer_has() {
     list(&index, LIST);
     list(&index, RELIST);
     assert_eq!(index.lookup(WEB_UID, WEB), None);
-    assert_eq!(index.lookup(WEB2_UID, WEB2), pod_ref("default", "web-7d4b9c6f5-kq8zn", Some("web")));
-    assert_eq!(index.lookup(CART_UID, CART), pod_ref("shop", "cart-0", Some("cart")));
-    assert_eq!(index.lookup(APISERVER_STATIC_UID, APISERVER).map(|p| p.pod), Some("kube-apiserver-node-a".into()));
+    assert_eq!(
+        index.lookup(WEB2_UID, WEB2),
+        pod_ref("default", "web-7d4b9c6f5-kq8zn", Some("web"))
+    );
+    assert_eq!(
+        index.lookup(CART_UID, CART),
+        pod_ref("shop", "cart-0", Some("cart"))
+    );
+    assert_eq!(
+        index.lookup(APISERVER_STATIC_UID, APISERVER).map(|p| p.pod),
+        Some("kube-apiserver-node-a".into())
+    );
 }
 
 #[test]

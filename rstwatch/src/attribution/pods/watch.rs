@@ -21,7 +21,8 @@ const TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
 /// Running in a pod with a service account, as kubelet sets it up.
 pub fn in_cluster() -> bool {
-    std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|host| !host.is_empty()) && Path::new(TOKEN_FILE).exists()
+    std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|host| !host.is_empty())
+        && Path::new(TOKEN_FILE).exists()
 }
 
 /// `--kubernetes`, or detected.
@@ -32,7 +33,10 @@ pub fn wanted(flag: bool) -> bool {
 /// The node's name: `--node-name`, else `NODE_NAME` (set it from the downward API,
 /// `fieldRef: spec.nodeName`; the host name is not always the node name, e.g. on EKS).
 pub fn node_name(flag: Option<&str>) -> anyhow::Result<String> {
-    let name = flag.map(str::to_string).or_else(|| std::env::var("NODE_NAME").ok()).unwrap_or_default();
+    let name = flag
+        .map(str::to_string)
+        .or_else(|| std::env::var("NODE_NAME").ok())
+        .unwrap_or_default();
     if name.is_empty() {
         return Err(anyhow!(
             "Kubernetes mode needs this node's name: set NODE_NAME from the downward API (fieldRef spec.nodeName) or pass --node-name"
@@ -46,7 +50,9 @@ pub async fn client() -> anyhow::Result<Client> {
     let config = if in_cluster() {
         Config::incluster().context("reading the in-cluster service account configuration")?
     } else {
-        Config::infer().await.context("no in-cluster service account and no usable kubeconfig")?
+        Config::infer()
+            .await
+            .context("no in-cluster service account and no usable kubeconfig")?
     };
     Client::try_from(config).context("building the Kubernetes API client")
 }
@@ -58,7 +64,9 @@ pub async fn start(node_name: &str, index: PodIndex) -> anyhow::Result<tokio::ta
     let client = client().await?;
     info!("watching the pods of node {node_name} through the Kubernetes API");
     let node_name = node_name.to_string();
-    Ok(tokio::spawn(async move { follow(client, &node_name, index).await }))
+    Ok(tokio::spawn(
+        async move { follow(client, &node_name, index).await },
+    ))
 }
 
 /// Applies the watch of this node's pods to `index`; returns only if the stream ends (it does not).
@@ -67,7 +75,9 @@ pub async fn follow(client: Client, node_name: &str, index: PodIndex) {
     // Lists are served from the API server's watch cache (resourceVersion=0), not a quorum read
     // of etcd: that matters when every node of a large cluster relists at once. kube sends
     // resourceVersion=0 only without a page size, and one node's pods fit in one page anyway.
-    let mut config = watcher::Config::default().fields(&format!("spec.nodeName={node_name}")).any_semantic();
+    let mut config = watcher::Config::default()
+        .fields(&format!("spec.nodeName={node_name}"))
+        .any_semantic();
     config.page_size = None;
     let mut events = watcher(pods, config).default_backoff().boxed();
     let mut failing = false;
@@ -97,7 +107,10 @@ fn apply(index: &PodIndex, event: watcher::Event<WatchedPod>) {
         watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => index.apply(&pod),
         watcher::Event::InitDone => {
             index.relist_done();
-            info!("Kubernetes pod index synced: {} pods on this node", index.live_pods());
+            info!(
+                "Kubernetes pod index synced: {} pods on this node",
+                index.live_pods()
+            );
         }
         watcher::Event::Delete(pod) => index.delete(&pod),
     }

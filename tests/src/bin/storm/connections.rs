@@ -36,7 +36,10 @@ pub fn tune_namespace() -> Result<()> {
 }
 
 fn timeval(d: Duration) -> libc::timeval {
-    libc::timeval { tv_sec: d.as_secs() as libc::time_t, tv_usec: d.subsec_micros() as libc::suseconds_t }
+    libc::timeval {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_usec: d.subsec_micros() as libc::suseconds_t,
+    }
 }
 
 fn set_rcvtimeo(fd: libc::c_int, d: Duration) -> bool {
@@ -66,7 +69,12 @@ fn listener(o: &Options) -> Result<libc::c_int> {
             bail!("bind {}:{}: {}", o.addr, o.port, std::io::Error::last_os_error());
         }
         if libc::listen(fd, 4096) != 0 || !set_rcvtimeo(fd, ACCEPT_POLL) {
-            bail!("listen on {}:{}: {}", o.addr, o.port, std::io::Error::last_os_error());
+            bail!(
+                "listen on {}:{}: {}",
+                o.addr,
+                o.port,
+                std::io::Error::last_os_error()
+            );
         }
         Ok(fd)
     }
@@ -126,7 +134,14 @@ fn serve(r: &mut ThreadResult, lfd: libc::c_int, stop: &AtomicBool) {
     let response = [b'R'; MESSAGE];
     while !stop.load(Ordering::Relaxed) && r.other_errors <= MAX_ERRORS {
         // SAFETY: accept on our listener; the connection is closed below.
-        let fd = unsafe { libc::accept4(lfd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+        let fd = unsafe {
+            libc::accept4(
+                lfd,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
         if fd < 0 {
             let e = errno();
             if e != libc::EAGAIN && e != libc::EWOULDBLOCK && e != libc::EINTR {
@@ -155,7 +170,11 @@ fn connection(target: &libc::sockaddr_in, request: &[u8], buf: &mut [u8]) -> boo
             return false;
         }
         let ok = set_rcvtimeo(fd, EXCHANGE_TIMEOUT)
-            && libc::connect(fd, (target as *const libc::sockaddr_in).cast(), size_of::<libc::sockaddr_in>() as libc::socklen_t) == 0
+            && libc::connect(
+                fd,
+                (target as *const libc::sockaddr_in).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            ) == 0
             && write_full(fd, request)
             && read_full(fd, buf, false);
         libc::close(fd);
@@ -188,7 +207,9 @@ pub fn spawn(o: &Options, start: &Arc<Start>) -> Result<Joined> {
     let lfd = listener(o).context("the connection workload's listener")?;
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
-    let servers = spawn_workers("server", o.threads, &o.netns, start, move |_, _| timed(|r| serve(r, lfd, &s)))?;
+    let servers = spawn_workers("server", o.threads, &o.netns, start, move |_, _| {
+        timed(|r| serve(r, lfd, &s))
+    })?;
     let target = sockaddr(o.addr, o.port);
     let max = o.max_attempts;
     let clients = spawn_workers("client", o.threads, &o.netns, start, move |_, deadline| {

@@ -136,7 +136,11 @@ fn parse_args() -> Result<Options> {
         bail!("--threads must be 1..={MAX_THREADS}");
     }
     if o.ports == 0 || o.port as u32 + o.ports - 1 > 65535 || o.port == 0 {
-        bail!("--port {} --ports {}: the range must lie within 1..=65535", o.port, o.ports);
+        bail!(
+            "--port {} --ports {}: the range must lie within 1..=65535",
+            o.port,
+            o.ports
+        );
     }
     if o.workload == Workload::Connections && o.ports != 1 {
         bail!("--workload connections listens on one port: --ports must be 1");
@@ -178,7 +182,9 @@ pub fn sockaddr(addr: Ipv4Addr, port: u16) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: port.to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(addr.octets()) },
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(addr.octets()),
+        },
         sin_zero: [0; 8],
     }
 }
@@ -232,7 +238,10 @@ fn main() -> Result<()> {
             Workload::Refused => 0,
             Workload::Connections => o.threads,
         };
-    let start = Arc::new(Start { line: Barrier::new(workers + 1), deadline: OnceLock::new() });
+    let start = Arc::new(Start {
+        line: Barrier::new(workers + 1),
+        deadline: OnceLock::new(),
+    });
     let run: connections::Joined = match o.workload {
         Workload::Refused => {
             let handles = refused::spawn(&o, &start)?;
@@ -294,7 +303,10 @@ fn main() -> Result<()> {
         bail!("something listens on a storm port: attempts connected instead of being refused");
     }
     if errors > 0 {
-        bail!("{errors} operations failed (last errno {last_errno}: {})", std::io::Error::from_raw_os_error(last_errno));
+        bail!(
+            "{errors} operations failed (last errno {last_errno}: {})",
+            std::io::Error::from_raw_os_error(last_errno)
+        );
     }
     Ok(())
 }

@@ -8,8 +8,11 @@ use anyhow::Result;
 use super::{MAX_ERRORS, Options, Start, ThreadResult, sockaddr, spawn_workers, timed};
 
 pub fn spawn(o: &Options, start: &Arc<Start>) -> Result<Vec<std::thread::JoinHandle<Result<ThreadResult>>>> {
-    let targets: Arc<Vec<libc::sockaddr_in>> =
-        Arc::new((0..o.ports).map(|k| sockaddr(o.addr, (o.port as u32 + k) as u16)).collect());
+    let targets: Arc<Vec<libc::sockaddr_in>> = Arc::new(
+        (0..o.ports)
+            .map(|k| sockaddr(o.addr, (o.port as u32 + k) as u16))
+            .collect(),
+    );
     let max = o.max_attempts;
     spawn_workers("storm", o.threads, &o.netns, start, move |t, deadline| {
         timed(|r| storm(r, &targets, t, deadline, max))
@@ -17,7 +20,13 @@ pub fn spawn(o: &Options, start: &Arc<Start>) -> Result<Vec<std::thread::JoinHan
 }
 
 /// The clock is read every 64 attempts, so the time bound costs nothing measurable.
-fn storm(r: &mut ThreadResult, targets: &[libc::sockaddr_in], offset: usize, deadline: Instant, max_attempts: u64) {
+fn storm(
+    r: &mut ThreadResult,
+    targets: &[libc::sockaddr_in],
+    offset: usize,
+    deadline: Instant,
+    max_attempts: u64,
+) {
     let mut i = offset % targets.len();
     'outer: while r.attempts < max_attempts {
         for _ in 0..64 {

@@ -22,8 +22,15 @@ pub fn ensure_font() -> anyhow::Result<()> {
 }
 
 fn register_font() -> anyhow::Result<()> {
-    let path = FONT_PATHS.iter().find(|p| Path::new(p).exists()).ok_or_else(|| anyhow!("no TTF font found"))?;
-    let bytes: &'static [u8] = Box::leak(std::fs::read(path).with_context(|| format!("reading {path}"))?.into_boxed_slice());
+    let path = FONT_PATHS
+        .iter()
+        .find(|p| Path::new(p).exists())
+        .ok_or_else(|| anyhow!("no TTF font found"))?;
+    let bytes: &'static [u8] = Box::leak(
+        std::fs::read(path)
+            .with_context(|| format!("reading {path}"))?
+            .into_boxed_slice(),
+    );
     plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, bytes)
         .map_err(|_| anyhow!("{path} is not a usable font"))
 }
@@ -43,16 +50,33 @@ pub fn chart(results: &Value, path: &Path) -> anyhow::Result<()> {
     for c in results["configs"].as_array().into_iter().flatten() {
         let samples = c["samples"].as_array().cloned().unwrap_or_default();
         let bare = |round: &Value| {
-            samples.iter().find(|s| s["mode"] == "bare" && s["round"] == *round && s["profile"] == false).cloned()
+            samples
+                .iter()
+                .find(|s| s["mode"] == "bare" && s["round"] == *round && s["profile"] == false)
+                .cloned()
         };
         let modes = c["summary"]["modes"].as_object().cloned().unwrap_or_default();
         for mode in modes.keys().filter(|m| *m != "bare") {
-            let mut s = Series { label: format!("{} {}t/{}p {}", short(&c["workload"]), c["threads"], c["ports"], mode), rate: vec![], cpu: vec![] };
-            for sample in samples.iter().filter(|s| s["mode"] == *mode.as_str() && s["profile"] == false) {
+            let mut s = Series {
+                label: format!(
+                    "{} {}t/{}p {}",
+                    short(&c["workload"]),
+                    c["threads"],
+                    c["ports"],
+                    mode
+                ),
+                rate: vec![],
+                cpu: vec![],
+            };
+            for sample in samples
+                .iter()
+                .filter(|s| s["mode"] == *mode.as_str() && s["profile"] == false)
+            {
                 let Some(b) = bare(&sample["round"]) else { continue };
                 let round = sample["round"].as_f64().unwrap_or(0.0);
                 rounds = rounds.max(round);
-                let ratio = |k: &str| sample[k].as_f64().unwrap_or(f64::NAN) / b[k].as_f64().unwrap_or(f64::NAN);
+                let ratio =
+                    |k: &str| sample[k].as_f64().unwrap_or(f64::NAN) / b[k].as_f64().unwrap_or(f64::NAN);
                 s.rate.push((round, ratio("rate_per_s")));
                 s.cpu.push((round, ratio("cpu_ns_per_op")));
             }
@@ -60,7 +84,11 @@ pub fn chart(results: &Value, path: &Path) -> anyhow::Result<()> {
         }
     }
     let bounds = |pick: fn(&Series) -> &Vec<(f64, f64)>, with: f64| {
-        let values: Vec<f64> = series.iter().flat_map(|s| pick(s).iter().map(|p| p.1)).filter(|v| v.is_finite()).collect();
+        let values: Vec<f64> = series
+            .iter()
+            .flat_map(|s| pick(s).iter().map(|p| p.1))
+            .filter(|v| v.is_finite())
+            .collect();
         let lo = values.iter().copied().fold(with, f64::min);
         let hi = values.iter().copied().fold(with, f64::max);
         let pad = ((hi - lo) * 0.08).max(0.01);
@@ -76,12 +104,29 @@ pub fn chart(results: &Value, path: &Path) -> anyhow::Result<()> {
         "rstwatch benchmark: ratios to the same round's bare run — {}",
         results["meta"]["date"].as_str().unwrap_or("")
     );
-    let root = root.titled(&title, ("sans-serif", 24)).map_err(|e| anyhow!("{e}"))?;
+    let root = root
+        .titled(&title, ("sans-serif", 24))
+        .map_err(|e| anyhow!("{e}"))?;
     let panels = root.split_evenly((1, 2));
     // Warm colours for rstwatch, cool ones for bpftrace, greys and others for variants.
-    let warm = [RGBColor(214, 39, 40), RGBColor(255, 127, 14), RGBColor(140, 86, 75), RGBColor(227, 119, 194)];
-    let cool = [RGBColor(31, 119, 180), RGBColor(23, 190, 207), RGBColor(44, 160, 44), RGBColor(148, 103, 189)];
-    let other = [RGBColor(127, 127, 127), RGBColor(188, 189, 34), RGBColor(60, 60, 60), RGBColor(170, 170, 170)];
+    let warm = [
+        RGBColor(214, 39, 40),
+        RGBColor(255, 127, 14),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+    ];
+    let cool = [
+        RGBColor(31, 119, 180),
+        RGBColor(23, 190, 207),
+        RGBColor(44, 160, 44),
+        RGBColor(148, 103, 189),
+    ];
+    let other = [
+        RGBColor(127, 127, 127),
+        RGBColor(188, 189, 34),
+        RGBColor(60, 60, 60),
+        RGBColor(170, 170, 170),
+    ];
     let (mut w, mut c, mut o) = (0, 0, 0);
     let colors: Vec<RGBColor> = series
         .iter()
@@ -97,8 +142,18 @@ pub fn chart(results: &Value, path: &Path) -> anyhow::Result<()> {
         })
         .collect();
     for (panel, (caption, y_range, pick, target)) in panels.iter().zip([
-        ("operations/s vs bare — higher is better", rate_range, (|s: &Series| &s.rate) as fn(&Series) -> &Vec<(f64, f64)>, Some(RATE_RATIO_MIN)),
-        ("generator CPU per operation vs bare — lower is better", cpu_range, (|s: &Series| &s.cpu) as fn(&Series) -> &Vec<(f64, f64)>, None),
+        (
+            "operations/s vs bare — higher is better",
+            rate_range,
+            (|s: &Series| &s.rate) as fn(&Series) -> &Vec<(f64, f64)>,
+            Some(RATE_RATIO_MIN),
+        ),
+        (
+            "generator CPU per operation vs bare — lower is better",
+            cpu_range,
+            (|s: &Series| &s.cpu) as fn(&Series) -> &Vec<(f64, f64)>,
+            None,
+        ),
     ]) {
         let mut chart = ChartBuilder::on(panel)
             .caption(caption, ("sans-serif", 18))
@@ -118,10 +173,15 @@ pub fn chart(results: &Value, path: &Path) -> anyhow::Result<()> {
             .draw()
             .map_err(|e| anyhow!("{e}"))?;
         let one = [(x_range.start, 1.0), (x_range.end, 1.0)];
-        chart.draw_series(LineSeries::new(one, BLACK.stroke_width(1))).map_err(|e| anyhow!("{e}"))?;
+        chart
+            .draw_series(LineSeries::new(one, BLACK.stroke_width(1)))
+            .map_err(|e| anyhow!("{e}"))?;
         if let Some(target) = target {
             chart
-                .draw_series(LineSeries::new([(x_range.start, target), (x_range.end, target)], RED.mix(0.5).stroke_width(2)))
+                .draw_series(LineSeries::new(
+                    [(x_range.start, target), (x_range.end, target)],
+                    RED.mix(0.5).stroke_width(2),
+                ))
                 .map_err(|e| anyhow!("{e}"))?
                 .label(format!("target {target}"))
                 .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED.mix(0.5).stroke_width(2)));

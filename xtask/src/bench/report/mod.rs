@@ -40,7 +40,11 @@ fn median(v: &mut [f64]) -> f64 {
     if n == 0 {
         return f64::NAN;
     }
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 /// {min, median, max, n} of a list (null when empty).
@@ -65,12 +69,22 @@ fn machine() -> Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu = cpuinfo
         .lines()
-        .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, v)| v.trim().to_string()))
+        .find_map(|l| {
+            l.strip_prefix("model name")?
+                .split_once(':')
+                .map(|(_, v)| v.trim().to_string())
+        })
         .unwrap_or_default();
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let mem_kib: u64 = meminfo
         .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:")?.split_whitespace().next()?.parse().ok())
+        .find_map(|l| {
+            l.strip_prefix("MemTotal:")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
         .unwrap_or(0);
     json!({
         "kernel": command_output("uname", &["-r"]),
@@ -124,7 +138,8 @@ fn sample_json(s: &Sample) -> Value {
         });
     }
     if let Some(c) = &s.counts {
-        let lost: serde_json::Map<String, Value> = c.lost.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        let lost: serde_json::Map<String, Value> =
+            c.lost.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
         v["counts"] = json!({
             "sent": c.sent,
             "received": c.received,
@@ -159,8 +174,17 @@ fn mb(kib: u64) -> f64 {
 }
 
 fn summarise_mode(config: &Config, mode: &str) -> Value {
-    let rounds: Vec<&Sample> = config.samples.iter().filter(|s| !s.profile && s.mode == mode).collect();
-    let bare = |round: u32| config.samples.iter().find(|s| !s.profile && s.mode == "bare" && s.round == round);
+    let rounds: Vec<&Sample> = config
+        .samples
+        .iter()
+        .filter(|s| !s.profile && s.mode == mode)
+        .collect();
+    let bare = |round: u32| {
+        config
+            .samples
+            .iter()
+            .find(|s| !s.profile && s.mode == "bare" && s.round == round)
+    };
     let paired: Vec<(&Sample, &Sample)> = rounds.iter().filter_map(|s| Some((*s, bare(s.round)?))).collect();
     let mut v = json!({
         "rate_per_s": mmm(rounds.iter().map(|s| s.storm.rate())),
@@ -174,22 +198,32 @@ fn summarise_mode(config: &Config, mode: &str) -> Value {
     });
     if mode != "bare" {
         v["rate_ratio"] = mmm(paired.iter().map(|(s, b)| s.storm.rate() / b.storm.rate()));
-        v["cpu_ratio"] = mmm(paired.iter().map(|(s, b)| s.storm.cpu_per_op() / b.storm.cpu_per_op()));
-        v["added_cpu_ns_per_op"] = mmm(paired.iter().map(|(s, b)| s.storm.cpu_per_op() - b.storm.cpu_per_op()));
+        v["cpu_ratio"] = mmm(paired
+            .iter()
+            .map(|(s, b)| s.storm.cpu_per_op() / b.storm.cpu_per_op()));
+        v["added_cpu_ns_per_op"] = mmm(paired
+            .iter()
+            .map(|(s, b)| s.storm.cpu_per_op() - b.storm.cpu_per_op()));
         v["total_cpu_ratio"] = mmm(paired.iter().map(|(s, b)| {
             let tool = s.tool.as_ref().map_or(0, |t| t.cpu_ns);
             s.storm.per_op(s.storm.cpu_ns + tool) / b.storm.cpu_per_op()
         }));
     }
     if mode.starts_with("rstwatch") {
-        let bpftrace =
-            |round: u32| config.samples.iter().find(|s| !s.profile && s.mode == "bpftrace" && s.round == round);
-        v["cpu_ratio_vs_bpftrace"] = mmm(
-            rounds.iter().filter_map(|s| Some(s.storm.cpu_per_op() / bpftrace(s.round)?.storm.cpu_per_op())),
-        );
+        let bpftrace = |round: u32| {
+            config
+                .samples
+                .iter()
+                .find(|s| !s.profile && s.mode == "bpftrace" && s.round == round)
+        };
+        v["cpu_ratio_vs_bpftrace"] = mmm(rounds
+            .iter()
+            .filter_map(|s| Some(s.storm.cpu_per_op() / bpftrace(s.round)?.storm.cpu_per_op())));
     }
-    let tools: Vec<(&Sample, &super::ToolStats)> =
-        rounds.iter().filter_map(|s| Some((*s, s.tool.as_ref()?))).collect();
+    let tools: Vec<(&Sample, &super::ToolStats)> = rounds
+        .iter()
+        .filter_map(|s| Some((*s, s.tool.as_ref()?)))
+        .collect();
     if !tools.is_empty() {
         v["tool"] = json!({
             "cpu_pct_of_core": mmm(tools.iter().map(|(s, t)| t.cpu_ns as f64 / s.storm.wall_ns.max(1) as f64 * 100.0)),
@@ -256,10 +290,18 @@ fn count_check(config: &Config, is_rstwatch: bool, counted: &[&Sample]) -> Value
         (true, true, true) => {
             "attempts == Tcp: OutRsts delta, and sent/no_listener, received/connection_refused (storm ports + port=\"other\") within attempts + 0.1% (others' resets on port=\"other\")"
         }
-        (true, true, false) => "attempts == sent/no_listener == received/connection_refused == Tcp: OutRsts delta",
-        (true, false, _) => "bpftrace counts host-wide from its start: sent and received >= attempts; OutRsts == attempts",
-        (false, true, _) => "no reset: Tcp: OutRsts delta == 0, and rstwatch counted none on the listener's port",
-        (false, false, _) => "no reset: Tcp: OutRsts delta == 0 (bpftrace counts host-wide: shown, not checked)",
+        (true, true, false) => {
+            "attempts == sent/no_listener == received/connection_refused == Tcp: OutRsts delta"
+        }
+        (true, false, _) => {
+            "bpftrace counts host-wide from its start: sent and received >= attempts; OutRsts == attempts"
+        }
+        (false, true, _) => {
+            "no reset: Tcp: OutRsts delta == 0, and rstwatch counted none on the listener's port"
+        }
+        (false, false, _) => {
+            "no reset: Tcp: OutRsts delta == 0 (bpftrace counts host-wide: shown, not checked)"
+        }
     };
     json!({
         "rule": rule,
@@ -276,12 +318,22 @@ fn count_check(config: &Config, is_rstwatch: bool, counted: &[&Sample]) -> Value
 /// operation (within 0.5%), and of those the report takes the median one by BPF time. The totals of
 /// every round are kept too.
 fn summarise_programs(config: &Config, mode: &str) -> Value {
-    let rounds: Vec<&Sample> = config.samples.iter().filter(|s| s.profile && s.mode == mode).collect();
+    let rounds: Vec<&Sample> = config
+        .samples
+        .iter()
+        .filter(|s| s.profile && s.mode == mode)
+        .collect();
     let runs_per_op = |s: &Sample| s.storm.per_op(s.programs.iter().map(|p| p.run_cnt).sum());
     let ns_per_op = |s: &Sample| s.storm.per_op(s.programs.iter().map(|p| p.run_time_ns).sum());
-    let fewest = rounds.iter().map(|s| runs_per_op(s)).fold(f64::INFINITY, f64::min);
-    let mut undisturbed: Vec<&Sample> =
-        rounds.iter().copied().filter(|s| runs_per_op(s) <= fewest * 1.005).collect();
+    let fewest = rounds
+        .iter()
+        .map(|s| runs_per_op(s))
+        .fold(f64::INFINITY, f64::min);
+    let mut undisturbed: Vec<&Sample> = rounds
+        .iter()
+        .copied()
+        .filter(|s| runs_per_op(s) <= fewest * 1.005)
+        .collect();
     undisturbed.sort_by(|a, b| ns_per_op(a).total_cmp(&ns_per_op(b)));
     let Some(s) = undisturbed.get(undisturbed.len().saturating_sub(1) / 2).copied() else {
         return Value::Null;
@@ -306,7 +358,9 @@ impl Results<'_> {
     pub fn to_json(&self) -> Value {
         let args: Vec<String> = std::env::args().skip(1).collect();
         let git_rev = command_output("git", &["rev-parse", "--short", "HEAD"]);
-        let dirty = command_output("git", &["status", "--porcelain", "--untracked-files=no"]).lines().count();
+        let dirty = command_output("git", &["status", "--porcelain", "--untracked-files=no"])
+            .lines()
+            .count();
         let (o, p) = (self.options, self.plan);
         let mut targets = Vec::new();
         let configs: Vec<Value> = self
@@ -371,4 +425,3 @@ impl Results<'_> {
         })
     }
 }
-

@@ -17,7 +17,11 @@ pub fn one_line(s: &Sample) -> String {
         s.round,
         s.storm.rate(),
         s.storm.cpu_per_op(),
-        if s.storm.out_rsts == expected { format!("{expected} as expected") } else { format!("{} != {expected}", s.storm.out_rsts) },
+        if s.storm.out_rsts == expected {
+            format!("{expected} as expected")
+        } else {
+            format!("{} != {expected}", s.storm.out_rsts)
+        },
     );
     if let Some(t) = &s.tool {
         line += &format!(
@@ -40,7 +44,12 @@ fn range(v: &Value, digits: usize) -> String {
     if v.is_null() {
         return "-".into();
     }
-    format!("{} / {} / {}", f(&v["min"], digits), f(&v["median"], digits), f(&v["max"], digits))
+    format!(
+        "{} / {} / {}",
+        f(&v["min"], digits),
+        f(&v["median"], digits),
+        f(&v["max"], digits)
+    )
 }
 
 /// Results written before there were workloads hold the reset storm.
@@ -57,7 +66,10 @@ fn config_title(c: &Value) -> String {
             "connections: {} client + {} server thread(s); connect, 64 B request, 64 B response, FIN close (no reset)",
             c["threads"], c["threads"]
         ),
-        _ => format!("refused storm: {} generator thread(s), {} distinct port(s); one RST sent and received per attempt", c["threads"], c["ports"]),
+        _ => format!(
+            "refused storm: {} generator thread(s), {} distinct port(s); one RST sent and received per attempt",
+            c["threads"], c["ports"]
+        ),
     }
 }
 
@@ -97,7 +109,11 @@ fn modes_table(c: &Value, op: &str) -> String {
         format!("+CPU ns/{op}")
     );
     let modes = c["summary"]["modes"].as_object().cloned().unwrap_or_default();
-    let tracers = modes.values().filter_map(|m| m["other_bpf_tracers_max"].as_u64()).max().unwrap_or(0);
+    let tracers = modes
+        .values()
+        .filter_map(|m| m["other_bpf_tracers_max"].as_u64())
+        .max()
+        .unwrap_or(0);
     if tracers > 0 {
         t += &format!(
             "WARNING: up to {tracers} other process(es) held BPF tracing programs during these runs (bare ones too): the bare baseline is not bare, ratios understate the overhead\n"
@@ -114,7 +130,10 @@ fn modes_table(c: &Value, op: &str) -> String {
             range(&m["added_cpu_ns_per_op"], 0),
         );
     }
-    for (mode, m) in modes.iter().filter(|(_, m)| !m["cpu_ratio_vs_bpftrace"].is_null()) {
+    for (mode, m) in modes
+        .iter()
+        .filter(|(_, m)| !m["cpu_ratio_vs_bpftrace"].is_null())
+    {
         t += &format!(
             "{mode} / bpftrace, CPU per {op} in the same round: {}\n",
             range(&m["cpu_ratio_vs_bpftrace"], 3)
@@ -122,9 +141,17 @@ fn modes_table(c: &Value, op: &str) -> String {
     }
     t += &format!(
         "other load during the runs (machine busy cores minus the generator and the tool), median: {}\n",
-        modes.iter().map(|(mode, m)| format!("{mode} {}", f(&m["other_busy_cores"]["median"], 2))).collect::<Vec<_>>().join(", ")
+        modes
+            .iter()
+            .map(|(mode, m)| format!("{mode} {}", f(&m["other_busy_cores"]["median"], 2)))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
-    for (mode, tool) in modes.iter().map(|(mode, m)| (mode, &m["tool"])).filter(|(_, tool)| !tool.is_null()) {
+    for (mode, tool) in modes
+        .iter()
+        .map(|(mode, m)| (mode, &m["tool"]))
+        .filter(|(_, tool)| !tool.is_null())
+    {
         t += &format!(
             "{mode}: process CPU {} % of a core ({} ns/{op}; generator+tool CPU ratio {}); RSS: start-up peak (VmHWM) {} MB, steady (after the run) {} MB, peak during the run {} MB; start-up {} s; scrapes {} ok / {} failed, latency p50 {} ms, max {} ms\n",
             range(&tool["cpu_pct_of_core"], 1),
@@ -159,7 +186,11 @@ fn count_checks(c: &Value) -> String {
         );
         for r in check["per_round"].as_array().into_iter().flatten() {
             let owned = match r["owner_attributed"].as_f64() {
-                Some(share) => format!(", owner comm=storm-N {} ({:.1}%)", r["received_owner_storm"], share * 100.0),
+                Some(share) => format!(
+                    ", owner comm=storm-N {} ({:.1}%)",
+                    r["received_owner_storm"],
+                    share * 100.0
+                ),
                 None => String::new(),
             };
             let errors = match r["socket_errors_econnrefused"].as_u64() {
@@ -175,7 +206,11 @@ fn count_checks(c: &Value) -> String {
                 r["out_rsts"],
                 r["sent"],
                 r["received"],
-                if r["ok"] == json!(true) { "" } else { "  <-- MISMATCH" }
+                if r["ok"] == json!(true) {
+                    ""
+                } else {
+                    "  <-- MISMATCH"
+                }
             );
         }
     }
@@ -184,7 +219,12 @@ fn count_checks(c: &Value) -> String {
 
 fn programs(c: &Value, op: &str) -> String {
     let mut t = String::new();
-    for (mode, p) in c["summary"]["programs"].as_object().into_iter().flatten().filter(|(_, p)| !p.is_null()) {
+    for (mode, p) in c["summary"]["programs"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, p)| !p.is_null())
+    {
         t += &format!(
             "{mode} BPF programs (profile round {}: the median of the {} of {} rounds with the fewest runs per {op}; BPF run-time statistics on; {} {op}s, generator {} ns CPU/{op}):\n",
             p["round"],
@@ -195,7 +235,10 @@ fn programs(c: &Value, op: &str) -> String {
         );
         let per = format!("ns/{op}");
         let runs = format!("runs/{op}");
-        t += &format!("    {:<28} {:>12} {:>15} {:>10} {:>15} {:>10}\n", "program", "runs", runs, "ns/run", per, "rec.miss");
+        t += &format!(
+            "    {:<28} {:>12} {:>15} {:>10} {:>15} {:>10}\n",
+            "program", "runs", runs, "ns/run", per, "rec.miss"
+        );
         for prog in p["programs"].as_array().into_iter().flatten() {
             t += &format!(
                 "    {:<28} {:>12} {:>15} {:>10} {:>15} {:>10}\n",
@@ -232,8 +275,17 @@ fn bpf_summary(results: &Value) -> String {
     );
     for c in results["configs"].as_array().into_iter().flatten() {
         let (name, op) = workload(c);
-        let what = if name == "refused" { "reset (attempt)" } else { "connection" };
-        for (mode, p) in c["summary"]["programs"].as_object().into_iter().flatten().filter(|(_, p)| !p.is_null()) {
+        let what = if name == "refused" {
+            "reset (attempt)"
+        } else {
+            "connection"
+        };
+        for (mode, p) in c["summary"]["programs"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, p)| !p.is_null())
+        {
             t += &format!(
                 "  {:<12} {:<9} {:<12} {:>8} ns per {what} ({} runs per {op}, recursion misses {}; all {} rounds: {} ns)\n",
                 name,

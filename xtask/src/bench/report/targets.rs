@@ -43,7 +43,11 @@ pub fn evaluate(c: &Config, summary: &Value) -> Vec<Value> {
         let ok = check["rounds_ok"].as_u64().unwrap_or(0);
         let n = check["rounds"].as_u64().unwrap_or(0);
         push(
-            if c.workload == Workload::Refused { "counts exact (every round)" } else { "no reset (every round)" },
+            if c.workload == Workload::Refused {
+                "counts exact (every round)"
+            } else {
+                "no reset (every round)"
+            },
             json!(format!("{ok}/{n} rounds")),
             "all".into(),
             Some(ok == n && n > 0),
@@ -63,7 +67,10 @@ pub fn evaluate(c: &Config, summary: &Value) -> Vec<Value> {
         json!(cpu),
         format!("<= {DAEMON_CPU_PCT_MAX}"),
         cpu.map(|v| v <= DAEMON_CPU_PCT_MAX),
-        format!("{:.0} ns of daemon CPU per {op}", r["tool"]["cpu_ns_per_op"]["median"].as_f64().unwrap_or(f64::NAN)),
+        format!(
+            "{:.0} ns of daemon CPU per {op}",
+            r["tool"]["cpu_ns_per_op"]["median"].as_f64().unwrap_or(f64::NAN)
+        ),
     );
     let rss = r["tool"]["peak_rss_mb"]["max"].as_f64();
     push(
@@ -71,7 +78,10 @@ pub fn evaluate(c: &Config, summary: &Value) -> Vec<Value> {
         json!(rss),
         format!("<= {PEAK_RSS_MB_MAX}"),
         rss.map(|v| v <= PEAK_RSS_MB_MAX),
-        format!("during the run alone: {:.1} MB", r["tool"]["peak_rss_storm_mb"]["max"].as_f64().unwrap_or(f64::NAN)),
+        format!(
+            "during the run alone: {:.1} MB",
+            r["tool"]["peak_rss_storm_mb"]["max"].as_f64().unwrap_or(f64::NAN)
+        ),
     );
     if let Some(programs) = summary["programs"]["rstwatch"]["programs"].as_array() {
         for p in programs {
@@ -81,7 +91,10 @@ pub fn evaluate(c: &Config, summary: &Value) -> Vec<Value> {
                 json!(ns),
                 format!("<= {PROGRAM_NS_MAX}"),
                 ns.map(|v| v <= PROGRAM_NS_MAX),
-                format!("{:.2} runs per {op}", p["runs_per_op"].as_f64().unwrap_or(f64::NAN)),
+                format!(
+                    "{:.2} runs per {op}",
+                    p["runs_per_op"].as_f64().unwrap_or(f64::NAN)
+                ),
             );
         }
     }
@@ -91,7 +104,10 @@ pub fn evaluate(c: &Config, summary: &Value) -> Vec<Value> {
         json!(startup),
         format!("<= {STARTUP_S_MAX}"),
         startup.map(|v| v <= STARTUP_S_MAX),
-        format!("max {:.3} s", r["tool"]["startup_s"]["max"].as_f64().unwrap_or(f64::NAN)),
+        format!(
+            "max {:.3} s",
+            r["tool"]["startup_s"]["max"].as_f64().unwrap_or(f64::NAN)
+        ),
     );
     out
 }
@@ -99,6 +115,9 @@ pub fn evaluate(c: &Config, summary: &Value) -> Vec<Value> {
 pub fn config_name(c: &Config) -> String {
     match c.workload {
         Workload::Refused => format!("refused storm, {} thread(s), {} port(s)", c.threads, c.ports),
-        Workload::Connections => format!("connections, {} client + {} server thread(s)", c.threads, c.threads),
+        Workload::Connections => format!(
+            "connections, {} client + {} server thread(s)",
+            c.threads, c.threads
+        ),
     }
 }

@@ -46,7 +46,9 @@ impl FakeApiServer {
                         let _ = to_test.send((request.uri().to_string(), answer));
                         let mut status = 200;
                         let body: Body = match reply.await {
-                            Ok(Reply::Json(json)) => Full::new(Bytes::from_static(json.as_bytes())).boxed_unsync(),
+                            Ok(Reply::Json(json)) => {
+                                Full::new(Bytes::from_static(json.as_bytes())).boxed_unsync()
+                            }
                             Ok(Reply::Status(code, json)) => {
                                 status = code;
                                 Full::new(Bytes::from_static(json.as_bytes())).boxed_unsync()
@@ -60,12 +62,15 @@ impl FakeApiServer {
                             }
                             Err(_) => Full::new(Bytes::new()).boxed_unsync(),
                         };
-                        let response = Response::builder().status(status).header("content-type", "application/json");
+                        let response = Response::builder()
+                            .status(status)
+                            .header("content-type", "application/json");
                         Ok::<_, Infallible>(response.body(body).unwrap())
                     }
                 });
                 tokio::spawn(
-                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service),
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service),
                 );
             }
         });
@@ -108,9 +113,16 @@ fn param(uri: &str, name: &str) -> Option<String> {
 }
 
 fn assert_list(uri: &str) {
-    assert!(uri.starts_with("/api/v1/pods?"), "not a cluster-wide pod list: {uri}");
+    assert!(
+        uri.starts_with("/api/v1/pods?"),
+        "not a cluster-wide pod list: {uri}"
+    );
     assert_eq!(param(uri, "watch"), None, "{uri}");
-    assert_eq!(param(uri, "fieldSelector").as_deref(), Some("spec.nodeName=node-a"), "{uri}");
+    assert_eq!(
+        param(uri, "fieldSelector").as_deref(),
+        Some("spec.nodeName=node-a"),
+        "{uri}"
+    );
     // Served from the API server's cache, not a quorum read.
     assert_eq!(param(uri, "resourceVersion").as_deref(), Some("0"), "{uri}");
 }
@@ -118,9 +130,17 @@ fn assert_list(uri: &str) {
 fn assert_watch(uri: &str, from: &str) {
     assert!(uri.starts_with("/api/v1/pods?"), "{uri}");
     assert_eq!(param(uri, "watch").as_deref(), Some("true"), "{uri}");
-    assert_eq!(param(uri, "fieldSelector").as_deref(), Some("spec.nodeName=node-a"), "{uri}");
+    assert_eq!(
+        param(uri, "fieldSelector").as_deref(),
+        Some("spec.nodeName=node-a"),
+        "{uri}"
+    );
     assert_eq!(param(uri, "resourceVersion").as_deref(), Some(from), "{uri}");
-    assert_eq!(param(uri, "allowWatchBookmarks").as_deref(), Some("true"), "{uri}");
+    assert_eq!(
+        param(uri, "allowWatchBookmarks").as_deref(),
+        Some("true"),
+        "{uri}"
+    );
 }
 
 #[tokio::test]
@@ -139,8 +159,14 @@ async fn follows_list_watch_bookmark_and_relist_from_the_api_server() {
     assert_list(&uri);
     reply.send(Reply::Json(LIST)).ok().unwrap();
     eventually("the list is indexed", || index.is_synced()).await;
-    assert_eq!(index.lookup(WEB_UID, ENVOY), pod_ref("default", "web-7d4b9c6f5-x2x9q", Some("envoy")));
-    assert_eq!(index.lookup(APISERVER_STATIC_UID, APISERVER).unwrap().pod, "kube-apiserver-node-a");
+    assert_eq!(
+        index.lookup(WEB_UID, ENVOY),
+        pod_ref("default", "web-7d4b9c6f5-x2x9q", Some("envoy"))
+    );
+    assert_eq!(
+        index.lookup(APISERVER_STATIC_UID, APISERVER).unwrap().pod,
+        "kube-apiserver-node-a"
+    );
 
     // 2. A watch from the list's resourceVersion; events apply one by one.
     let (uri, reply) = api.next().await;
@@ -154,7 +180,12 @@ async fn follows_list_watch_bookmark_and_relist_from_the_api_server() {
         pod_ref("monitoring", "node-exporter-abcde", Some("node-exporter"))
     );
     send.send(events[1].to_string()).unwrap(); // MODIFIED cart-0: now has a container id
-    eventually("MODIFIED", || index.lookup(CART_UID, CART).is_some_and(|p| p.container.is_some())).await;
+    eventually("MODIFIED", || {
+        index
+            .lookup(CART_UID, CART)
+            .is_some_and(|p| p.container.is_some())
+    })
+    .await;
     send.send(events[2].to_string()).unwrap(); // DELETED web
     eventually("DELETED", || index.lookup(WEB_UID, WEB).is_none()).await;
     send.send(events[3].to_string()).unwrap(); // BOOKMARK at 1010
@@ -172,8 +203,14 @@ async fn follows_list_watch_bookmark_and_relist_from_the_api_server() {
     assert_list(&uri);
     reply.send(Reply::Json(RELIST)).ok().unwrap();
     eventually("the relist is indexed", || index.lookup(WEB2_UID, WEB2).is_some()).await;
-    eventually("node-exporter forgotten", || index.lookup(EXPORTER_UID, EXPORTER).is_none()).await;
-    assert_eq!(index.lookup(CART_UID, CART), pod_ref("shop", "cart-0", Some("cart")));
+    eventually("node-exporter forgotten", || {
+        index.lookup(EXPORTER_UID, EXPORTER).is_none()
+    })
+    .await;
+    assert_eq!(
+        index.lookup(CART_UID, CART),
+        pod_ref("shop", "cart-0", Some("cart"))
+    );
     assert_eq!(index.live_pods(), 3);
     let (uri, _reply) = api.next().await;
     assert_watch(&uri, "2000");
@@ -199,11 +236,17 @@ async fn a_failed_watch_is_retried_from_where_it_was_and_keeps_the_index() {
     // The watcher backs off and asks again from where it was; nothing known is dropped meanwhile.
     let (uri, reply) = api.next().await;
     assert_watch(&uri, "1000");
-    assert_eq!(index.lookup(WEB_UID, WEB).map(|p| p.pod), Some("web-7d4b9c6f5-x2x9q".into()));
+    assert_eq!(
+        index.lookup(WEB_UID, WEB).map(|p| p.pod),
+        Some("web-7d4b9c6f5-x2x9q".into())
+    );
     let (send, lines) = mpsc::unbounded_channel();
     reply.send(Reply::Stream(lines)).ok().unwrap();
     send.send(WATCH.lines().next().unwrap().to_string()).unwrap();
-    eventually("ADDED after the retry", || index.lookup(EXPORTER_UID, EXPORTER).is_some()).await;
+    eventually("ADDED after the retry", || {
+        index.lookup(EXPORTER_UID, EXPORTER).is_some()
+    })
+    .await;
     follower.abort();
 }
 
