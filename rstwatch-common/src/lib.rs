@@ -463,5 +463,5 @@ const _: () = {
     assert!(offset_of!(ResetEvent, ts_ns) == 96);
     assert!(offset_of!(ResetEvent, owner) == 192);
     assert!(size_of::<ResetEvent>() == 240);
-    assert!(size_of::<ResetEvent>() % 8 == 0 && size_of::<Config>() % 2 == 0);
+    assert!(size_of::<ResetEvent>().is_multiple_of(8) && size_of::<Config>().is_multiple_of(2));
 };

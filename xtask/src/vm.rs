@@ -245,7 +245,7 @@ fn fetch_kernel(pattern: &str, work: &Path) -> anyhow::Result<Kernel> {
         setup::run("apt-get", &["update", "-qq"])?;
         packages = apt_search(pattern)?;
     }
-    packages.sort_by(|a, b| version_key(a).cmp(&version_key(b)));
+    packages.sort_by_key(|a| version_key(a));
     let Some(package) = packages.pop() else {
         bail!("no Debian package matches {pattern} (apt sources without bookworm?)");
     };
@@ -591,7 +591,7 @@ mod tests {
 
     #[test]
     fn newest_package_by_numbers() {
-        let mut names = vec![
+        let mut names = [
             "linux-image-6.12.99+deb12-amd64",
             "linux-image-6.12.117+deb12-amd64",
             "linux-image-6.12.100+deb12-amd64",
