@@ -21,6 +21,9 @@ pub const AF_INET6: u16 = 10;
 /// `CountKey::state` when the reset had no socket (NO_SOCKET replies).
 pub const STATE_NONE: u8 = 0;
 
+/// The hooks rstwatch attaches, and the names of the eBPF object's maps.
+pub mod probes;
+
 /// TCP states as numbered by the kernel (`include/net/tcp_states.h`); these have been stable since 2.6.
 pub mod tcp_state {
     pub const ESTABLISHED: u8 = 1;
@@ -121,9 +124,10 @@ pub mod lost {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Owner {
-    /// Process id (thread-group id) and the id of the thread that acted.
+    /// Process id (the kernel's thread-group id) and the id of the thread that acted (the kernel's
+    /// `pid`, which names a thread).
     pub tgid: u32,
-    pub pid: u32,
+    pub tid: u32,
     /// cgroup v2 id (`bpf_get_current_cgroup_id`), 0 if unknown.
     pub cgroup_id: u64,
     /// The process's name: its thread-group leader's comm (`java`, not `http-nio-8080-e`).

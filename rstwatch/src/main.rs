@@ -1,30 +1,22 @@
 //! rstwatch: every TCP reset on this host, counted by cause.
 
-mod attribution;
-mod causes;
-mod classify;
-mod compat;
-mod counts;
-mod daemon;
-mod events;
-mod http;
-mod kernel;
-mod map_batch;
-mod metrics;
-mod output;
-mod pairing;
-mod probes;
-mod prog_stats;
-mod session;
-mod trace;
+// The pipeline, in the order data flows (each stage imports only the ones before it):
+mod classify; // 3. a cause for each reset's facts, and which causes this node can observe
+mod cmd;
+mod decode; // 2. ring-buffer bytes into records
+mod enrich; // 4. records into resets: owner's workload, linked errors, both ends paired
+mod export; // 5. counts, Prometheus metrics and their HTTP server, JSON and human lines
+mod load; // 1. the kernel's layout, the eBPF programs loaded and attached, its maps read // the subcommands that run the pipeline
 
 #[cfg(test)]
 mod fuzz;
 
-use std::{net::SocketAddr, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+
+use crate::cmd::args;
 
 #[derive(Parser)]
 #[command(
@@ -42,23 +34,23 @@ enum Command {
     Run {
         /// Where to serve /metrics and /healthz. Loopback by default; use 0.0.0.0:9977 to let a
         /// Prometheus on another host scrape it.
-        #[arg(long, default_value = "127.0.0.1:9977", value_parser = parse_metrics_addr)]
+        #[arg(long, default_value = "127.0.0.1:9977", value_parser = args::parse_metrics_addr)]
         metrics_addr: SocketAddr,
         #[command(flatten)]
-        kernel: session::KernelArgs,
+        kernel: cmd::session::KernelArgs,
         /// Distinct service ports that get their own `port` label; the rest are `other`.
-        #[arg(long, default_value_t = 200, allow_negative_numbers = true, value_parser = count_in(1, 65535))]
+        #[arg(long, default_value_t = 200, allow_negative_numbers = true, value_parser = args::count_in(1, 65535))]
         max_ports: u32,
         /// Distinct process names (of socket owners) that get their own `comm` label; the rest
         /// are `other`.
-        #[arg(long, default_value_t = 100, allow_negative_numbers = true, value_parser = count_in(1, 10_000))]
+        #[arg(long, default_value_t = 100, allow_negative_numbers = true, value_parser = args::count_in(1, 10_000))]
         max_comms: u32,
         /// Also write every reset as one JSON object per line to FILE (appended), or `-` for stdout.
         #[arg(long, value_name = "FILE|-")]
         events: Option<std::path::PathBuf>,
         /// At most this many events per cause per second go to --events; the rest are counted in
         /// rstwatch_events_rate_limited_total, so a reset storm cannot flood logs or disk.
-        #[arg(long, default_value_t = 100, allow_negative_numbers = true, value_parser = count_in(1, 1_000_000))]
+        #[arg(long, default_value_t = 100, allow_negative_numbers = true, value_parser = args::count_in(1, 1_000_000))]
         events_rate_limit: u32,
         /// Name the pod and container of each reset's owner from the Kubernetes API (watching
         /// this node's pods) and add `namespace`, `pod`, `container` labels. On by itself when
@@ -70,7 +62,7 @@ enum Command {
         node_name: Option<String>,
     },
     /// Watch resets live, one line each (or JSON), with the cause's meaning and remedy.
-    Trace(trace::TraceOptions),
+    Trace(cmd::trace::TraceOptions),
     /// Print what each cause means and what to do about it (all causes, or one).
     Explain {
         /// A cause label, e.g. stale_connection.
@@ -78,83 +70,10 @@ enum Command {
     },
 }
 
-/// A whole number from `min` to `max`, with one message for every way to miss (negative, too large
-/// for any integer type, not a number).
-fn count_in(min: u32, max: u32) -> impl Fn(&str) -> Result<u32, String> + Clone + Send + Sync + 'static {
-    move |text: &str| {
-        text.trim()
-            .parse::<u32>()
-            .ok()
-            .filter(|value| (min..=max).contains(value))
-            .ok_or_else(|| format!("{text} is not a whole number from {min} to {max}"))
-    }
-}
-
-/// `IP:PORT` (`[IPv6]:PORT`); host names are not resolved, so a typo cannot bind elsewhere.
-fn parse_metrics_addr(text: &str) -> Result<SocketAddr, String> {
-    if let Ok(addr) = text.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
-    let hint =
-        "expected IP:PORT, e.g. 127.0.0.1:9977, 0.0.0.0:9977 or [::1]:9977 (host names are not resolved)";
-    let ip = |host: &str| {
-        host.trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok()
-    };
-    match text.rsplit_once(':') {
-        Some((host, port)) if ip(host) && port.parse::<u16>().is_err() => {
-            Err(format!("port {port:?} is not a number from 0 to 65535; {hint}"))
-        }
-        _ => Err(hint.to_string()),
-    }
-}
-
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(text).map_err(|err| format!("{err} (try 30s, 2m, 1h)"))?;
-    if duration.is_zero() {
-        return Err("must be more than 0".into());
-    }
-    Ok(duration)
-}
-
-pub fn parse_ring_kib(text: &str) -> Result<u32, String> {
-    match text.trim().parse::<u32>() {
-        Ok(kib) if (4..=1024 * 1024).contains(&kib) && kib.is_power_of_two() => Ok(kib),
-        _ => Err(format!("{text} is not a power of two between 4 and 1048576")),
-    }
-}
-
 fn block_on(task: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
     tokio::runtime::Runtime::new()
         .context("starting the async runtime")?
         .block_on(task)
-}
-
-fn explain(cause: Option<&str>) -> anyhow::Result<()> {
-    let selected: Vec<_> = match cause {
-        None => causes::CAUSES.iter().collect(),
-        Some(label) => {
-            let cause = causes::Cause::from_label(label).ok_or_else(|| {
-                let known: Vec<_> = causes::CAUSES.iter().map(|info| info.label).collect();
-                anyhow::anyhow!("unknown cause {label:?}; causes are: {}", known.join(", "))
-            })?;
-            vec![cause.info()]
-        }
-    };
-    for info in selected {
-        let directions: Vec<_> = info.directions.iter().map(|d| d.label()).collect();
-        println!(
-            "{} ({})\n  what happened:  {}\n  who sees what:  {}\n  what to do:     {}\n",
-            info.label,
-            directions.join(", "),
-            info.meaning,
-            info.app_error,
-            info.remedy
-        );
-    }
-    Ok(())
 }
 
 /// A command-line mistake as one line (`rstwatch: error: ...`) instead of clap's block with a usage
@@ -202,7 +121,7 @@ fn main() -> ExitCode {
         "warn"
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level)).init();
-    // `probes::loader()` parses the kernel's whole BTF (aya's `EbpfLoader::new`), the daemon's
+    // `load::attach::loader()` parses the kernel's whole BTF (aya's `EbpfLoader::new`), the daemon's
     // peak memory: it is called before the async runtime starts, while the process is smallest.
     let result = match cli.command {
         Command::Run {
@@ -215,7 +134,7 @@ fn main() -> ExitCode {
             kubernetes,
             node_name,
         } => {
-            let options = daemon::RunOptions {
+            let options = cmd::run::RunOptions {
                 metrics_addr,
                 kernel,
                 max_ports: max_ports as usize,
@@ -225,10 +144,10 @@ fn main() -> ExitCode {
                 kubernetes,
                 node_name,
             };
-            block_on(daemon::run(options, probes::loader()))
+            block_on(cmd::run::run(options, load::attach::loader()))
         }
-        Command::Trace(options) => block_on(trace::run(options, probes::loader())),
-        Command::Explain { cause } => explain(cause.as_deref()),
+        Command::Trace(options) => block_on(cmd::trace::run(options, load::attach::loader())),
+        Command::Explain { cause } => cmd::explain::explain(cause.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

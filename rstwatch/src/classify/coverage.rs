@@ -3,98 +3,22 @@
 //! Decided once at start-up from what the running kernel reports (tracefs formats, BTF, and a
 //! trial attach of each program): the daemon logs it in one block and exports it as
 //! `rstwatch_probe_attached{probe}` and `rstwatch_cause_observable{direction,cause}`.
-//! README's "Kernel compatibility" table is [`markdown_table`] (a test keeps them equal).
+//! README's "Kernel compatibility" table is [`markdown_table`] (a test keeps them equal), made from
+//! the probe table `rstwatch_common::probes::PROBES`.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-use crate::causes::{CAUSES, Cause, Direction};
-use crate::classify::RstReason;
+use rstwatch_common::probes::{self, PROBES};
 
-/// One hook rstwatch can use: the documentation row behind the start-up decision.
-pub struct Hook {
-    /// Label value of `rstwatch_probe_attached{probe}`.
-    pub probe: &'static str,
-    // kind, kernels, gives: for README's table (markdown_table).
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub kind: &'static str,
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub kernels: &'static str,
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub gives: &'static str,
-    pub when_missing: &'static str,
-}
-
-pub const HOOKS: &[Hook] = &[
-    Hook {
-        probe: "tcp_send_reset",
-        kind: "tp_btf, else tracepoint `tcp:tcp_send_reset`",
-        kernels: "4.15+; `state` 5.4+; `reason` and resets sent without a full socket 6.10+",
-        gives: "every reset this host sends from a full socket; the kernel's reason (6.10+)",
-        when_missing: "required: rstwatch exits with an error",
-    },
-    Hook {
-        probe: "tcp_receive_reset",
-        kind: "tp_btf, else tracepoint `tcp:tcp_receive_reset`",
-        kernels: "4.15+; `sock_cookie` 4.19+",
-        gives: "every reset this host receives, in the state it arrived in",
-        when_missing: "required: rstwatch exits with an error",
-    },
-    Hook {
-        probe: "inet_sock_set_state",
-        kind: "tp_btf, else tracepoint `sock:inet_sock_set_state`",
-        kernels: "4.16+",
-        gives: "state before CLOSE, connection age, owner process",
-        when_missing: "state label `close`, no age, owners `unknown`",
-    },
-    Hook {
-        probe: "inet_sk_error_report",
-        kind: "tp_btf, else tracepoint `sock:inet_sk_error_report`",
-        kernels: "5.14+",
-        gives: "the errno applications got (`rstwatch_socket_errors_total`)",
-        when_missing: "no socket error counts; resets are counted all the same",
-    },
-    Hook {
-        probe: "kfree_skb",
-        kind: "tp_btf, else tracepoint `skb:kfree_skb` with `reason`",
-        kernels: "5.17+ (drop reasons)",
-        gives: "resets the local firewall injected",
-        when_missing: "received `injected` not observable (counted by local state instead)",
-    },
-    Hook {
-        probe: "tcp_v4_send_reset",
-        kind: "kprobe `tcp_v4_send_reset`, only where `tcp_send_reset` has no `reason`",
-        kernels: "any with CONFIG_KPROBES; needed before 6.10",
-        gives: "IPv4 resets sent without a full socket (no listener, time-wait)",
-        when_missing: "sent `no_listener`, `unknown_connection`, `timewait_segment`, `data_after_close` not observable",
-    },
-    Hook {
-        probe: "tcp_v6_send_reset",
-        kind: "kprobe `tcp_v6_send_reset`, as above",
-        kernels: "as above",
-        gives: "the same for IPv6",
-        when_missing: "as above, for IPv6",
-    },
-];
-
-/// How one probe came out of the start-up decision.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ProbeStatus {
-    /// Attached, as `tp_btf`, `tracepoint` or `kprobe`.
-    Attached(&'static str),
-    /// A fallback this kernel does not need (not exported as a metric, so no alert fires).
-    NotNeeded(&'static str),
-    /// Wanted but not attached: why.
-    Missing(String),
-}
-
-/// The kprobes that stand in for `tcp_send_reset` on kernels before 6.10.
-pub const SOCKETLESS_FALLBACKS: [&str; 2] = ["tcp_v4_send_reset", "tcp_v6_send_reset"];
+use super::RstReason;
+use super::causes::{CAUSES, Cause, Direction};
+use crate::load::{attach::ProbeStatus, kernel::KernelLayout};
 
 /// What the running kernel gave rstwatch, after the trial attach.
 #[derive(Clone, Debug, Default)]
 pub struct Coverage {
-    /// Probes (`Hook::probe`) that are attached.
+    /// Probes (`Probe::name`) that are attached.
     pub attached: BTreeSet<&'static str>,
     /// `enum sk_rst_reason` names this kernel's `tcp_send_reset` reports (empty before 6.10).
     pub reasons: BTreeSet<RstReason>,
@@ -124,6 +48,27 @@ pub const AMBIGUOUS_WITHOUT_REASON: &[(Cause, RstReason, &str)] = &[
 ];
 
 impl Coverage {
+    /// What the start-up decision gave: the attached probes, and the reasons this kernel's
+    /// `tcp_send_reset` reports.
+    pub fn of(status: &[(&'static str, ProbeStatus)], layout: &KernelLayout) -> Coverage {
+        Coverage {
+            attached: status
+                .iter()
+                .filter(|(_, how)| matches!(how, ProbeStatus::Attached(_)))
+                .map(|(probe, _)| *probe)
+                .collect(),
+            reasons: if layout.send_reset_has_reason {
+                layout
+                    .reason_names
+                    .values()
+                    .map(|name| RstReason::from_name(name))
+                    .collect()
+            } else {
+                Default::default()
+            },
+        }
+    }
+
     fn has(&self, probe: &str) -> bool {
         self.attached.contains(probe)
     }
@@ -131,7 +76,7 @@ impl Coverage {
     /// Resets sent for a segment with no full socket (no listener, time-wait) are seen: by the
     /// tracepoint itself since 6.10 (the same kernels that report a reason), else by kprobes.
     pub fn sees_socketless_resets(&self) -> bool {
-        !self.reasons.is_empty() || SOCKETLESS_FALLBACKS.iter().all(|probe| self.has(probe))
+        !self.reasons.is_empty() || probes::fallbacks_for("tcp_send_reset").all(|probe| self.has(probe.name))
     }
 
     pub fn visibility(&self, direction: Direction, cause: Cause) -> Visibility {
@@ -182,14 +127,14 @@ impl Coverage {
 /// The start-up block: each hook, how it is attached (or why not), and the blind spots.
 pub fn summary(release: &str, how: &[(&'static str, ProbeStatus)], coverage: &Coverage) -> String {
     let mut text = format!("kernel {release}: what this node can see");
-    for hook in HOOKS {
-        let status = match how.iter().find(|(probe, _)| *probe == hook.probe) {
+    for hook in PROBES {
+        let status = match how.iter().find(|(probe, _)| *probe == hook.name) {
             Some((_, ProbeStatus::Attached(kind))) => format!("attached ({kind})"),
             Some((_, ProbeStatus::NotNeeded(why))) => format!("not needed: {why}"),
             Some((_, ProbeStatus::Missing(why))) => format!("not attached ({}): {why}", hook.when_missing),
             None => "not attached".to_string(),
         };
-        let _ = write!(text, "\n  {:<20} {status}", hook.probe);
+        let _ = write!(text, "\n  {:<20} {status}", hook.name);
     }
     let _ = write!(
         text,
@@ -225,11 +170,11 @@ pub fn summary(release: &str, how: &[(&'static str, ProbeStatus)], coverage: &Co
 #[cfg(test)]
 pub fn markdown_table() -> String {
     let mut out = String::from("| probe | hook | kernels | gives | when missing |\n|---|---|---|---|---|\n");
-    for h in HOOKS {
+    for h in PROBES {
         let _ = writeln!(
             out,
             "| `{}` | {} | {} | {} | {} |",
-            h.probe, h.kind, h.kernels, h.gives, h.when_missing
+            h.name, h.hook, h.kernels, h.gives, h.when_missing
         );
     }
     out
@@ -239,13 +184,9 @@ pub fn markdown_table() -> String {
 mod tests {
     use super::*;
 
-    const ALL_TRACEPOINTS: [&str; 5] = [
-        "tcp_send_reset",
-        "tcp_receive_reset",
-        "inet_sock_set_state",
-        "inet_sk_error_report",
-        "kfree_skb",
-    ];
+    fn all_tracepoints() -> Vec<&'static str> {
+        probes::tracepoints().map(|tp| tp.name).collect()
+    }
 
     fn coverage(attached: &[&'static str], reasons: &[RstReason]) -> Coverage {
         Coverage {
@@ -289,15 +230,15 @@ mod tests {
 
     #[test]
     fn kernel_6_12_and_later_see_everything() {
-        let c = coverage(&ALL_TRACEPOINTS, &reasons_of_6_12());
+        let c = coverage(&all_tracepoints(), &reasons_of_6_12());
         assert!(c.sees_socketless_resets());
         assert_eq!(blind(&c), Vec::<String>::new());
     }
 
     #[test]
     fn kernel_6_1_with_kprobes() {
-        let mut attached = ALL_TRACEPOINTS.to_vec();
-        attached.extend(SOCKETLESS_FALLBACKS);
+        let mut attached = all_tracepoints();
+        attached.extend(probes::fallbacks_for("tcp_send_reset").map(|probe| probe.name));
         let c = coverage(&attached, &[]);
         assert_eq!(
             blind(&c),
@@ -307,7 +248,7 @@ mod tests {
 
     #[test]
     fn kernel_6_1_without_kprobes() {
-        let c = coverage(&ALL_TRACEPOINTS, &[]);
+        let c = coverage(&all_tracepoints(), &[]);
         assert_eq!(
             blind(&c),
             [
@@ -319,7 +260,7 @@ mod tests {
             ]
         );
         // One kprobe alone does not do: IPv6 resets would still be missed.
-        let half = coverage(&[&ALL_TRACEPOINTS[..], &["tcp_v4_send_reset"]].concat(), &[]);
+        let half = coverage(&[&all_tracepoints()[..], &["tcp_v4_send_reset"]].concat(), &[]);
         assert!(!half.sees_socketless_resets());
     }
 
@@ -340,7 +281,7 @@ mod tests {
                 )
             })
             .collect();
-        let c = coverage(&ALL_TRACEPOINTS, &reasons);
+        let c = coverage(&all_tracepoints(), &reasons);
         // INVALID_SYN is there, and the active causes come from the socket facts.
         assert_eq!(blind(&c), Vec::<String>::new());
     }
@@ -364,9 +305,9 @@ mod tests {
             ),
             ("tcp_v6_send_reset", ProbeStatus::NotNeeded("for the test")),
         ];
-        let text = summary("6.1.0-test", &how, &coverage(&ALL_TRACEPOINTS, &[]));
-        for hook in HOOKS {
-            assert!(text.contains(hook.probe), "{text}");
+        let text = summary("6.1.0-test", &how, &coverage(&all_tracepoints(), &[]));
+        for hook in PROBES {
+            assert!(text.contains(hook.name), "{text}");
         }
         assert!(
             text.contains("tcp_send_reset       attached (tracepoint)"),
@@ -386,7 +327,7 @@ mod tests {
 
     #[test]
     fn readme_has_the_compatibility_table() {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../../README.md");
         assert!(
             readme.contains(&markdown_table()),
             "README.md's kernel compatibility table is out of date; paste this:\n{}",

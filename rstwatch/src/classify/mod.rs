@@ -1,12 +1,30 @@
 //! The cause classifier: a pure function from the facts the kernel gathered about one reset to
 //! one cause. Table-tested below; the kernel evidence behind each row is in docs/kernel.md.
 
+pub mod causes;
+pub mod coverage;
+
+use std::collections::BTreeMap;
+
 use rstwatch_common::{CountKey, DIRECTION_SENT, REASON_NONE, STATE_NONE, extra_fact, fact, tcp_state};
 
-use crate::causes::{Cause, Direction};
+use self::causes::{Cause, Direction};
+
+/// Classifies kernel count keys and event keys: this kernel's `sk_rst_reason` numbering
+/// (`load::kernel::KernelLayout::reason_names`) and the classifier's facts from them.
+#[derive(Clone)]
+pub struct Classifier {
+    pub reason_names: BTreeMap<u16, String>,
+}
+
+impl Classifier {
+    pub fn facts(&self, key: &CountKey) -> ResetFacts {
+        ResetFacts::from_key(key, |value| self.reason_names.get(&value).cloned())
+    }
+}
 
 /// The kernel's `enum sk_rst_reason`, by name: its numbers differ between kernels, so values are
-/// mapped to these names at run time from BTF (see `kernel::KernelLayout::reason_names`).
+/// mapped to these names at run time from BTF (see `load::kernel::KernelLayout::reason_names`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RstReason {
     NotSpecified,

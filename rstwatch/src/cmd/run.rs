@@ -14,17 +14,19 @@ use rstwatch_common::{CountKey, ErrorKey};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    attribution,
-    causes::Cause,
-    compat,
-    counts::{self, Classifier, Labels},
-    events::{self, Observation},
-    http::{self, Exporter},
-    metrics::Metrics,
-    output::{self, RateLimiter, WallClock},
-    probes::AttachedProgram,
-    prog_stats,
-    session::{KernelArgs, Session},
+    classify::{Classifier, causes::Cause, coverage},
+    cmd::session::{KernelArgs, Session},
+    enrich::{self, attribution, event::Observation},
+    export::{
+        counts::{self, Labels},
+        http::{self, Exporter},
+        metrics::Metrics,
+        output::{self, RateLimiter, WallClock},
+    },
+    load::{
+        attach::{AttachedProgram, ProbeStatus},
+        prog_stats,
+    },
 };
 
 pub struct RunOptions {
@@ -131,13 +133,13 @@ pub async fn run(options: RunOptions, loader: aya::EbpfLoader<'static>) -> anyho
     let metrics = Metrics::new(&session.layout.release, kubernetes)?;
     for (probe, how) in &session.probes.status {
         match how {
-            compat::ProbeStatus::Attached(_) => metrics.set_probe_attached(probe, true),
-            compat::ProbeStatus::Missing(_) => metrics.set_probe_attached(probe, false),
-            compat::ProbeStatus::NotNeeded(_) => {}
+            ProbeStatus::Attached(_) => metrics.set_probe_attached(probe, true),
+            ProbeStatus::Missing(_) => metrics.set_probe_attached(probe, false),
+            ProbeStatus::NotNeeded(_) => {}
         }
     }
-    for (direction, cause, visibility) in session.probes.coverage.table() {
-        metrics.set_cause_observable(direction, cause, visibility == compat::Visibility::Seen);
+    for (direction, cause, visibility) in session.coverage.table() {
+        metrics.set_cause_observable(direction, cause, visibility == coverage::Visibility::Seen);
     }
     for (map, capacity) in &session.capacities {
         metrics.set_map_capacity(map, *capacity);
@@ -176,7 +178,7 @@ pub async fn run(options: RunOptions, loader: aya::EbpfLoader<'static>) -> anyho
     let clock = WallClock::now();
     let mut limiter = RateLimiter::new(options.events_per_cause_per_second);
     let reader_shared = shared.clone();
-    let reader = tokio::spawn(events::read_events(
+    let reader = tokio::spawn(enrich::read_events(
         ring,
         decoder,
         move |observations: Vec<Observation>, decode_errors| {

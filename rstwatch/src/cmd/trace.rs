@@ -12,12 +12,18 @@ use clap::{Args, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    attribution::Attribution,
-    causes::{Cause, Direction},
-    counts,
-    events::{self, Observation, Process, errno_name},
-    output::{self, WallClock},
-    session::{KernelArgs, Session},
+    classify::causes::{Cause, Direction},
+    cmd::session::{KernelArgs, Session},
+    decode::errno_name,
+    enrich::{
+        self,
+        attribution::Attribution,
+        event::{Observation, Process},
+    },
+    export::{
+        counts,
+        output::{self, WallClock},
+    },
 };
 
 #[derive(Args, Clone)]
@@ -58,7 +64,10 @@ enum Format {
 
 fn parse_cause(label: &str) -> Result<Cause, String> {
     Cause::from_label(label).ok_or_else(|| {
-        let known: Vec<_> = crate::causes::CAUSES.iter().map(|info| info.label).collect();
+        let known: Vec<_> = crate::classify::causes::CAUSES
+            .iter()
+            .map(|info| info.label)
+            .collect();
         format!("unknown cause; causes are: {}", known.join(", "))
     })
 }
@@ -168,7 +177,7 @@ pub async fn run(options: TraceOptions, loader: aya::EbpfLoader<'static>) -> any
     let printer_summary = summary.clone();
     let mut explained = HashSet::new();
     let filter = options.clone();
-    let mut printer = tokio::spawn(events::read_events(ring, decoder, move |observations, _| {
+    let mut printer = tokio::spawn(enrich::read_events(ring, decoder, move |observations, _| {
         let mut out = std::io::stdout().lock();
         let mut summary = printer_summary.lock().map_err(|_| anyhow!("summary poisoned"))?;
         for observation in observations.iter().filter(|o| filter.wants(o)) {

@@ -16,8 +16,8 @@ use std::{
 };
 
 use crate::{
-    causes::{Cause, Direction},
-    events::{Observation, Process, Reset},
+    classify::causes::{Cause, Direction},
+    enrich::event::{Observation, Process, Reset},
 };
 
 /// The other end of a reset on this host, as its own event saw it.

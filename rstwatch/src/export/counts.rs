@@ -10,11 +10,14 @@ use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
 use rstwatch_common::{CountKey, ErrorKey, STATE_NONE, extra_fact, lost};
 
 use crate::{
-    attribution::Attribution,
-    causes::{Cause, Direction},
-    classify::{ResetFacts, classify, state_label},
-    events::{comm_text, errno_name},
-    map_batch,
+    classify::{
+        Classifier,
+        causes::{Cause, Direction},
+        classify, state_label,
+    },
+    decode::{comm_text, errno_name},
+    enrich::attribution::Attribution,
+    load::map_batch,
 };
 
 /// Labels of one `rstwatch_resets_total` series.
@@ -136,7 +139,7 @@ impl Labels {
         if let Some(known) = self.resets.get(key) {
             return known;
         }
-        let (labels, capped) = classifier.labels(key, self);
+        let (labels, capped) = series_labels(classifier, key, self);
         self.resets.insert(*key, labels, capped)
     }
 
@@ -183,36 +186,25 @@ impl Labels {
 /// Totals of resets the caps relabelled `other`, by label name.
 pub type Overflow = BTreeMap<&'static str, u64>;
 
-/// Turns kernel count keys into series labels.
-#[derive(Clone)]
-pub struct Classifier {
-    pub reason_names: BTreeMap<u16, String>,
-}
-
-impl Classifier {
-    pub fn facts(&self, key: &CountKey) -> ResetFacts {
-        ResetFacts::from_key(key, |value| self.reason_names.get(&value).cloned())
-    }
-
-    fn labels(&self, key: &CountKey, labels: &mut Labels) -> (SeriesLabels, [bool; 2]) {
-        let facts = self.facts(key);
-        // The kernel applies the port cap itself (it keeps a flood of ports out of its map).
-        let (port, port_capped) = if key.extra_facts & extra_fact::PORT_CAPPED != 0 {
-            (OTHER.to_string(), true)
-        } else {
-            labels.port(key.port)
-        };
-        let (comm, comm_capped) = labels.comm(&key.comm, key.state != STATE_NONE);
-        let series = SeriesLabels {
-            direction: facts.direction,
-            cause: classify(&facts),
-            state: state_label(facts.state_before()),
-            port,
-            comm,
-            workload: labels.workload(key.cgroup_id),
-        };
-        (series, [port_capped, comm_capped])
-    }
+/// The series labels of one kernel count key, and which caps it hit.
+fn series_labels(classifier: &Classifier, key: &CountKey, labels: &mut Labels) -> (SeriesLabels, [bool; 2]) {
+    let facts = classifier.facts(key);
+    // The kernel applies the port cap itself (it keeps a flood of ports out of its map).
+    let (port, port_capped) = if key.extra_facts & extra_fact::PORT_CAPPED != 0 {
+        (OTHER.to_string(), true)
+    } else {
+        labels.port(key.port)
+    };
+    let (comm, comm_capped) = labels.comm(&key.comm, key.state != STATE_NONE);
+    let series = SeriesLabels {
+        direction: facts.direction,
+        cause: classify(&facts),
+        state: state_label(facts.state_before()),
+        port,
+        comm,
+        workload: labels.workload(key.cgroup_id),
+    };
+    (series, [port_capped, comm_capped])
 }
 
 /// Totals of everything in the kernel's count maps (COUNTS, then COUNTS_OTHER), summed over CPUs,

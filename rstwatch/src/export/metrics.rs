@@ -8,9 +8,9 @@ use prometheus::{
 };
 
 use crate::{
-    causes::{CAUSES, Cause, Direction},
-    counts::{ErrorLabels, LOST_STAGES, OTHER, Overflow, PROBE_SKIPPED, SeriesLabels},
-    events::Reset,
+    classify::causes::{CAUSES, Cause, Direction},
+    enrich::event::Reset,
+    export::counts::{ErrorLabels, LOST_STAGES, OTHER, Overflow, PROBE_SKIPPED, SeriesLabels},
 };
 
 /// Userspace-side loss: a ring-buffer record that did not decode.
@@ -304,7 +304,7 @@ impl Metrics {
     }
 
     /// Bring one program's kernel-kept totals (`prog_stats`) into its counters.
-    pub fn set_program_stats(&mut self, probe: &str, stats: &crate::prog_stats::ProgStats) {
+    pub fn set_program_stats(&mut self, probe: &str, stats: &crate::load::prog_stats::ProgStats) {
         // Every attached program has its series from the first scrape, at 0 without bpf_stats.
         self.program_runs.with_label_values(&[probe]);
         self.program_run_seconds.with_label_values(&[probe]);

@@ -9,8 +9,9 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    causes::Cause,
-    events::{Observation, Reset, errno_name},
+    classify::causes::Cause,
+    decode::errno_name,
+    enrich::event::{Observation, Reset},
 };
 
 /// Maps the kernel's monotonic clock (event stamps) to wall-clock time.
@@ -26,7 +27,7 @@ impl WallClock {
             .unwrap_or_default()
             .as_nanos() as i128;
         WallClock {
-            realtime_minus_monotonic_ns: realtime - crate::events::monotonic_ns() as i128,
+            realtime_minus_monotonic_ns: realtime - crate::decode::monotonic_ns() as i128,
         }
     }
 
@@ -229,8 +230,8 @@ fn human_reset(reset: &Reset, clock: &WallClock) -> String {
     let time = humantime::format_rfc3339_millis(clock.wall(reset.monotonic_ns)).to_string();
     let clock_time = time.get(11..23).unwrap_or(&time);
     let arrow = match reset.direction {
-        crate::causes::Direction::Sent => "->",
-        crate::causes::Direction::Received => "<-",
+        crate::classify::causes::Direction::Sent => "->",
+        crate::classify::causes::Direction::Received => "<-",
     };
     let who = match &reset.owner {
         Some(owner) => {
@@ -289,7 +290,7 @@ fn human_reset(reset: &Reset, clock: &WallClock) -> String {
             (None, false) => "no-socket".to_string(),
         };
         // The arrow points the way the reset went: from its sender to us, or from us to the other end.
-        let arrow = if reset.direction == crate::causes::Direction::Received {
+        let arrow = if reset.direction == crate::classify::causes::Direction::Received {
             "←"
         } else {
             "→"
@@ -300,7 +301,7 @@ fn human_reset(reset: &Reset, clock: &WallClock) -> String {
 }
 
 /// `java[4711]`, and the thread when it has a name of its own: `java[4711] thread=order-service-w/4730`.
-fn process_name(process: &crate::events::Process) -> String {
+fn process_name(process: &crate::enrich::event::Process) -> String {
     if process.thread.is_empty() || process.thread == process.comm {
         format!("{}[{}]", process.comm, process.pid)
     } else {

@@ -170,8 +170,6 @@ pub struct Daemon {
     pub attached: Vec<(String, f64)>,
 }
 
-const PROBES_REQUIRED: &[&str] = &["tcp_send_reset", "tcp_receive_reset"];
-
 impl Daemon {
     /// Start `rstwatch run` on a free loopback port and wait (at most 30 s) until /metrics answers
     /// with every `rstwatch_probe_attached` at 1 (at least the two reset probes).
@@ -208,9 +206,8 @@ impl Daemon {
             }
             if let Ok(scrape) = daemon.scrape() {
                 let attached = scrape.values("rstwatch_probe_attached", "probe");
-                let required_up = PROBES_REQUIRED
-                    .iter()
-                    .all(|p| attached.iter().any(|(name, v)| name == p && *v == 1.0));
+                let required_up = rstwatch_common::probes::required()
+                    .all(|p| attached.iter().any(|(name, v)| name == p.name && *v == 1.0));
                 if required_up {
                     daemon.startup = spawned.elapsed();
                     daemon.attached = attached;

@@ -3,8 +3,8 @@
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use super::*;
-use crate::attribution::cgroup::{Qos, Runtime};
-use crate::attribution::pods::tests::{LIST, WEB, WEB_UID};
+use crate::enrich::attribution::cgroup::{Qos, Runtime};
+use crate::enrich::attribution::pods::tests::{LIST, WEB, WEB_UID};
 
 /// A kubepods/containerd-shaped cgroup pair, removed on drop (even when the test fails).
 struct TestCgroup {

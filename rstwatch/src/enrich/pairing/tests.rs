@@ -1,5 +1,5 @@
 use super::*;
-use crate::events::SocketError;
+use crate::enrich::event::SocketError;
 
 const MS: u64 = 1_000_000;
 

@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::{mpsc, oneshot};
 
 use super::*;
-use crate::attribution::pods::tests::*;
+use crate::enrich::attribution::pods::tests::*;
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 
