@@ -1,4 +1,7 @@
 //! The maps shared with the daemon, and the per-event bookkeeping around them.
+//!
+//! Userspace opens them by name: the names in `rstwatch_common::probes::maps` must stay the names
+//! of these statics (aya names a map after its static).
 
 use crate::{read::conf, words};
 use aya_ebpf::{

@@ -190,7 +190,7 @@ fn classify_tcp_state(f: &ResetFacts) -> Cause {
 
 /// Kernels before 6.10 (and active resets on 6.10/6.11) give no reason: fall back on the socket,
 /// the trigger segment and the call path. What this cannot tell apart is listed in
-/// `compat::AMBIGUOUS_WITHOUT_REASON` (and marked in README's compatibility table).
+/// `coverage::AMBIGUOUS_WITHOUT_REASON` (and marked in README's compatibility table).
 fn classify_sent_without_reason(f: &ResetFacts) -> Cause {
     let trigger_syn = f.has(fact::TRIGGER_SYN);
     if f.has(fact::TRIGGER) {
