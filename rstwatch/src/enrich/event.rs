@@ -148,6 +148,9 @@ impl std::fmt::Display for Reset {
     }
 }
 
+/// Builds a `Reset` (or `SocketError`) from a decoded `Record`: classifies it, converts its
+/// times, and names its owner's workload. (Its name predates the stage folders: the bytes are
+/// decoded in `decode`, this finishes the job.)
 pub struct Decoder {
     pub classifier: Classifier,
     pub hz: u32,
