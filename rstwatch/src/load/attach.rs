@@ -345,3 +345,46 @@ fn raise_memlock_limit() {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rstwatch_common::probes::{Attach, PROBES, maps};
+
+    /// The probe table and the map names are the contract with rstwatch-ebpf: every program and
+    /// map they name is in the object this binary embeds.
+    #[test]
+    fn the_ebpf_object_has_every_program_and_map_the_tables_name() {
+        let object =
+            aya_obj::Object::parse(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rstwatch")))
+                .expect("the embedded eBPF object parses");
+        for probe in PROBES {
+            let mut programs = vec![probe.program];
+            if let Attach::Tracepoint { btf_program, .. } = probe.attach {
+                programs.push(btf_program);
+            }
+            for program in programs {
+                assert!(
+                    object.programs.contains_key(program),
+                    "{}: program {program} not in the eBPF object",
+                    probe.name
+                );
+            }
+        }
+        let names = [
+            maps::COUNTS,
+            maps::COUNTS_OTHER,
+            maps::ERRORS,
+            maps::ERRORS_OTHER,
+            maps::CONN,
+            maps::CLOSED_FLOWS,
+            maps::LISTENERS,
+            maps::REJECTED,
+            maps::LOST,
+            maps::EVENTS,
+            maps::PORT_LABELS,
+        ];
+        for map in names {
+            assert!(object.maps.contains_key(map), "map {map} not in the eBPF object");
+        }
+    }
+}
