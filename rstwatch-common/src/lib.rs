@@ -124,10 +124,10 @@ pub mod lost {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Owner {
-    /// Process id (the kernel's thread-group id) and the id of the thread that acted (the kernel's
-    /// `pid`, which names a thread).
+    /// Process id (the kernel's thread-group id) and the id of the thread that acted: the kernel's
+    /// `pid`, which names a thread (userspace calls it `Process::tid`).
     pub tgid: u32,
-    pub tid: u32,
+    pub pid: u32,
     /// cgroup v2 id (`bpf_get_current_cgroup_id`), 0 if unknown.
     pub cgroup_id: u64,
     /// The process's name: its thread-group leader's comm (`java`, not `http-nio-8080-e`).

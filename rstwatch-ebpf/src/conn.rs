@@ -391,7 +391,7 @@ pub fn current_owner() -> Owner {
     };
     Owner {
         tgid,
-        tid: pid,
+        pid,
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         comm,
         thread_comm,

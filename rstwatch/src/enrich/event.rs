@@ -8,8 +8,8 @@
 //! | pair, export | `Observation` (a `Reset` or a `SocketError`), `peer` filled in by pairing | here, `enrich::pairing` |
 //! | JSON line | `JsonEvent` | `export::output` |
 //!
-//! In the wire structs `ResetEvent.pid` is the kernel's `pid`, i.e. a thread id (`Owner.tid`), and
-//! `tgid` is the process id; here they become `Process::tid` and `Process::pid`.
+//! In the wire structs `Owner.pid` and `ResetEvent.pid` are the kernel's `pid`, i.e. a thread id,
+//! and `tgid` is the process id; here they become `Process::tid` and `Process::pid`.
 
 use std::{collections::VecDeque, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -80,7 +80,7 @@ impl Process {
     fn from_owner(owner: &Owner) -> Process {
         Process {
             pid: owner.tgid,
-            tid: owner.tid,
+            tid: owner.pid,
             comm: comm_text(&owner.comm),
             thread: comm_text(&owner.thread_comm),
             cgroup_id: owner.cgroup_id,
