@@ -20,6 +20,8 @@ mod trace;
 
 #[cfg(test)]
 mod fuzz;
+#[cfg(test)]
+mod skip;
 
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
