@@ -5,21 +5,23 @@
 //! the hottest program: everything but birth, listen, a child and CLOSE leaves after looking at
 //! the two states it was handed, and what it keeps costs a store, not a hash insert.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     cty::c_void,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid,
-        generated::{
-            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_socket_cookie, bpf_ktime_get_ns,
-        },
+        bpf_get_current_pid_tgid,
+        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns},
     },
     programs::{BtfTracePointContext, TracePointContext},
 };
-use rstwatch_common::{ConnInfo, FlowKey, ListenerKey, Owner, ResetEvent, event_flag, fact, tcp_state};
+use rstwatch_common::{ConnInfo, ListenerKey, Owner, ResetEvent, event_flag, fact, tcp_state};
 
 use crate::{
-    maps::{CLOSE_NOTE_SLOTS, CLOSE_NOTES, CLOSED_FLOWS, CONN, CONN_SLOTS, CONNS, ConnSlot, LISTENERS},
-    read::{Btf, Kernel, Probe, conf, probe, tp_field},
+    maps::{
+        CLOSE_NOTE_SLOTS, CLOSE_NOTES, CLOSED_FLOWS, CONN, CONN_SLOTS, CONNS, ConnSlot, LISTENERS, slot_flag,
+    },
+    read::{Btf, Kernel, Probe, conf, current_comm_into, tp_field},
     socket, words,
 };
 
@@ -33,14 +35,14 @@ pub trait Conns: Kernel {
     /// the event (the reset programs have no stack to spare for a copy): birth, passive open,
     /// owner, and for a socket in CLOSE the state before.
     fn recall_into(sk: u64, cookie: u64, ev: &mut ResetEvent);
-    /// Remember `info` for the connection, replacing whatever an earlier one left.
-    fn remember(sk: u64, cookie: u64, info: &ConnInfo);
+    /// A socket left CLOSE in its owner's task: connect() (`listening` false) or listen().
+    fn born_in_owner(sk: u64, listening: bool);
+    /// A listener cloned a child, in softirq: its owner is the listener's.
+    fn accepted(sk: u64);
     /// The socket moved to CLOSE from `old`.
     fn closed(sk: u64, old: u8);
     /// The owner of the connection a time-wait socket stands for, into the event.
     fn timewait_owner_into(sk: u64, cookie: u64, ev: &mut ResetEvent);
-    /// The owner of a full socket and the port that names its service (socket errors).
-    fn owner_and_port(sk: u64, cookie: u64, flow: &FlowKey) -> (Owner, u16);
     /// What names the socket in per-CPU notes: its cookie where there is one (a BTF socket
     /// pointer cannot be hashed: the verifier refuses arithmetic on it), else its address.
     fn identity(sk: u64, cookie: u64) -> u64;
@@ -56,64 +58,79 @@ impl Conns for Btf {
     }
 
     #[inline(always)]
-    fn recall_into(_sk: u64, cookie: u64, ev: &mut ResetEvent) {
+    fn recall_into(sk: u64, cookie: u64, ev: &mut ResetEvent) {
         if ev.key.state == tcp_state::CLOSE {
             ev.key.prior_state = close_note(cookie);
         }
-        let Some(slot) = slot_of(cookie) else { return };
-        let info = unsafe { &(*slot).info };
-        let (birth_ns, passive, owner_known) = (info.birth_ns, info.passive, info.owner_known);
-        words::copy(&mut ev.owner, &info.owner);
-        if !unchanged(slot, cookie) {
+        let Some((slot, tag)) = slot_of(cookie) else {
+            return;
+        };
+        let birth_ns = unsafe { (*slot).birth_ns };
+        let owner_known = tag & slot_flag::OWNER_KNOWN != 0;
+        if owner_known {
+            words::copy(&mut ev.owner, unsafe { &(*slot).owner });
+        }
+        if !unchanged(slot, tag) {
             words::zero(&mut ev.owner);
             return;
         }
-        apply(ev, birth_ns, passive, owner_known);
-    }
-
-    #[inline(always)]
-    fn timewait_owner_into(_sk: u64, cookie: u64, ev: &mut ResetEvent) {
-        let Some(slot) = slot_of(cookie) else { return };
-        let info = unsafe { &(*slot).info };
-        let owner_known = info.owner_known;
-        words::copy(&mut ev.owner, &info.owner);
-        if owner_known == 0 || !unchanged(slot, cookie) {
-            words::zero(&mut ev.owner);
-            return;
+        let passive = tag & slot_flag::PASSIVE != 0;
+        apply(ev, birth_ns, passive as u8, owner_known as u8);
+        if passive {
+            // Unhashed by now, so the port comes from `inet_sport`, not `skc_num`.
+            listener_owner_into::<Btf>(sk, socket::local_port::<Btf>(Btf::tcp_sock(sk)), ev);
         }
-        apply_owner(ev);
     }
 
+    /// Written in place, tag last: a reader that finds the tag finds the rest.
     #[inline(always)]
-    fn owner_and_port(_sk: u64, cookie: u64, flow: &FlowKey) -> (Owner, u16) {
-        let guess = socket::guess_service_port(flow.local_port, flow.remote_port);
-        let Some(slot) = slot_of(cookie) else {
-            return (Owner::default(), guess);
-        };
-        let info = unsafe { &(*slot).info };
-        let owner = if info.owner_known != 0 {
-            info.owner
-        } else {
-            Owner::default()
-        };
-        let port = service_port_of(info.passive, info.birth_ns, flow, guess);
-        if !unchanged(slot, cookie) {
-            return (Owner::default(), guess);
-        }
-        (owner, port)
-    }
-
-    #[inline(always)]
-    fn remember(_sk: u64, cookie: u64, info: &ConnInfo) {
+    fn born_in_owner(sk: u64, listening: bool) {
+        let cookie = Self::cookie(sk);
         let Some(slot) = CONNS.get_ptr_mut(slot_index(cookie)) else {
             return;
         };
         let slot = unsafe { &mut *slot };
-        unsafe { core::ptr::write_volatile(&mut slot.cookie, 0) };
-        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
-        words::copy(&mut slot.info, info);
-        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
-        unsafe { core::ptr::write_volatile(&mut slot.cookie, cookie) };
+        open_slot(slot);
+        slot.birth_ns = unsafe { bpf_ktime_get_ns() };
+        current_owner_into::<Btf>(&mut slot.owner);
+        if listening {
+            let _ = LISTENERS.insert(&listener_key::<Btf>(sk), &slot.owner, 0);
+        }
+        close_slot(slot, cookie, slot_flag::OWNER_KNOWN);
+    }
+
+    /// Only the birth: looking up the listener's owner for every connection cost more than
+    /// looking it up for the few that reset (`listener_owner_into`).
+    #[inline(always)]
+    fn accepted(sk: u64) {
+        let cookie = Self::cookie(sk);
+        let Some(slot) = CONNS.get_ptr_mut(slot_index(cookie)) else {
+            return;
+        };
+        let slot = unsafe { &mut *slot };
+        open_slot(slot);
+        slot.birth_ns = unsafe { bpf_ktime_get_ns() };
+        close_slot(slot, cookie, slot_flag::PASSIVE);
+    }
+
+    #[inline(always)]
+    fn timewait_owner_into(sk: u64, cookie: u64, ev: &mut ResetEvent) {
+        let Some((slot, tag)) = slot_of(cookie) else {
+            return;
+        };
+        if tag & slot_flag::OWNER_KNOWN == 0 {
+            if tag & slot_flag::PASSIVE != 0 {
+                // A time-wait socket is hashed: `skc_num` is its port.
+                listener_owner_into::<Btf>(sk, Btf::read::<u16>(sk, conf!(sk_num)), ev);
+            }
+            return;
+        }
+        words::copy(&mut ev.owner, unsafe { &(*slot).owner });
+        if !unchanged(slot, tag) {
+            words::zero(&mut ev.owner);
+            return;
+        }
+        apply_owner(ev);
     }
 
     #[inline(always)]
@@ -130,6 +147,52 @@ impl Conns for Btf {
     }
 
     const ERRORS_NEED_NOTE: bool = false;
+}
+
+/// The owner of a full socket and the port that names its service, for the tp_btf socket-error
+/// program (the classic one finds them through the reset's per-CPU note).
+#[inline(always)]
+pub fn owner_and_port_btf(sk: u64, local_port: u16, remote_port: u16) -> (Owner, u16) {
+    let guess = socket::guess_service_port(local_port, remote_port);
+    let mut owner = Owner::default();
+    let Some((slot, tag)) = slot_of(Btf::cookie(sk)) else {
+        return (owner, guess);
+    };
+    let birth_ns = unsafe { (*slot).birth_ns };
+    if tag & slot_flag::OWNER_KNOWN != 0 {
+        words::copy(&mut owner, unsafe { &(*slot).owner });
+    }
+    if !unchanged(slot, tag) {
+        return (Owner::default(), guess);
+    }
+    let passive = tag & slot_flag::PASSIVE != 0;
+    if passive && let Some(listener) = unsafe { LISTENERS.get(&listener_key_at::<Btf>(sk, local_port)) } {
+        words::copy(&mut owner, listener);
+    }
+    let port = service_port_of(passive as u8, birth_ns, local_port, remote_port, guess);
+    (owner, port)
+}
+
+/// A slot about to be rewritten: readers that copied from it see its tag change.
+#[inline(always)]
+fn open_slot(slot: &mut ConnSlot) {
+    unsafe { core::ptr::write_volatile(&mut slot.tag, 0) };
+    core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+}
+
+#[inline(always)]
+fn close_slot(slot: &mut ConnSlot, cookie: u64, flags: u64) {
+    core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+    unsafe { core::ptr::write_volatile(&mut slot.tag, cookie << 8 | flags) };
+}
+
+/// An accepted connection's owner: whoever owns the listener on its port in its namespace.
+#[inline(always)]
+fn listener_owner_into<K: Kernel>(sk: u64, port: u16, ev: &mut ResetEvent) {
+    if let Some(owner) = unsafe { LISTENERS.get(&listener_key_at::<K>(sk, port)) } {
+        words::copy(&mut ev.owner, owner);
+        apply_owner(ev);
+    }
 }
 
 /// A connection's slot: its cookie modulo the table size. The kernel hands out cookies in
@@ -162,19 +225,20 @@ fn close_note(cookie: u64) -> u8 {
     }
 }
 
-/// The slot of `cookie`, if it still holds that connection.
+/// The slot of `cookie` and its tag, if it still holds that connection.
 #[inline(always)]
-fn slot_of(cookie: u64) -> Option<*const ConnSlot> {
+fn slot_of(cookie: u64) -> Option<(*const ConnSlot, u64)> {
     let slot = CONNS.get_ptr(slot_index(cookie))?;
-    (unsafe { core::ptr::read_volatile(&(*slot).cookie) } == cookie).then_some(slot)
+    let tag = unsafe { core::ptr::read_volatile(&(*slot).tag) };
+    (tag >> 8 == cookie).then_some((slot, tag))
 }
 
-/// A writer reusing a slot zeroes its cookie first: a changed cookie after reading means the
-/// copy may be half another connection's. The fence keeps the copy's loads before this one.
+/// A writer reusing a slot zeroes its tag first: a changed tag after reading means the copy may
+/// be half another connection's. The fence keeps the copy's loads before this one.
 #[inline(always)]
-fn unchanged(slot: *const ConnSlot, cookie: u64) -> bool {
+fn unchanged(slot: *const ConnSlot, tag: u64) -> bool {
     core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
-    unsafe { core::ptr::read_volatile(&(*slot).cookie) == cookie }
+    unsafe { core::ptr::read_volatile(&(*slot).tag) == tag }
 }
 
 /// What a remembered entry says about the event's connection.
@@ -212,12 +276,12 @@ pub fn apply_owner(ev: &mut ResetEvent) {
 
 /// The listener's port, whichever side of the connection we are (see `socket::service_port`).
 #[inline(always)]
-fn service_port_of(passive: u8, birth_ns: u64, flow: &FlowKey, guess: u16) -> u16 {
+fn service_port_of(passive: u8, birth_ns: u64, local_port: u16, remote_port: u16, guess: u16) -> u16 {
     if passive != 0 {
-        flow.local_port
+        local_port
     } else if birth_ns != 0 {
         // Born by connect() while we watched: we are the client.
-        flow.remote_port
+        remote_port
     } else {
         guess
     }
@@ -251,19 +315,22 @@ impl Conns for Probe {
         }
     }
 
-    /// Unused: the classic error program finds the owner through the reset's per-CPU note.
     #[inline(always)]
-    fn owner_and_port(_sk: u64, _cookie: u64, flow: &FlowKey) -> (Owner, u16) {
-        (
-            Owner::default(),
-            socket::guess_service_port(flow.local_port, flow.remote_port),
-        )
+    fn born_in_owner(sk: u64, listening: bool) {
+        let mut owner = MaybeUninit::<Owner>::uninit();
+        let owner = unsafe { &mut *owner.as_mut_ptr() };
+        current_owner_into::<Probe>(owner);
+        if listening {
+            let _ = LISTENERS.insert(&listener_key::<Probe>(sk), &*owner, 0);
+        }
+        remember(sk, 0, Some(owner));
     }
 
+    /// The listener's owner, looked up now: the classic programs keep their memory by address.
     #[inline(always)]
-    fn remember(sk: u64, _cookie: u64, info: &ConnInfo) {
-        // A freed socket's address is reused: whatever is there belongs to a dead connection.
-        let _ = CONN.insert(&sk, info, 0);
+    fn accepted(sk: u64) {
+        let owner = unsafe { LISTENERS.get(&listener_key::<Probe>(sk)) };
+        remember(sk, 1, owner);
     }
 
     /// Keep the state in the connection's entry, and the owner of a connection that lives on as
@@ -296,6 +363,22 @@ impl Conns for Probe {
     }
 
     const ERRORS_NEED_NOTE: bool = true;
+}
+
+/// A classic program's memory of a connection born now; a freed socket's address is reused, so
+/// whatever was there belongs to a dead connection.
+#[inline(always)]
+fn remember(sk: u64, passive: u8, owner: Option<&Owner>) {
+    let mut info = MaybeUninit::<ConnInfo>::uninit();
+    let info = unsafe { &mut *info.as_mut_ptr() };
+    words::zero(info);
+    info.birth_ns = unsafe { bpf_ktime_get_ns() };
+    info.passive = passive;
+    if let Some(owner) = owner {
+        info.owner_known = 1;
+        words::copy(&mut info.owner, owner);
+    }
+    let _ = CONN.insert(&sk, info, 0);
 }
 
 /// The transitions that tell something: birth (from CLOSE), a child (from LISTEN), and CLOSE.
@@ -343,64 +426,54 @@ pub fn on_set_state_btf(ctx: &BtfTracePointContext) -> Option<()> {
 fn set_state<K: Conns>(sk: u64, old: u8, new: u8) {
     if new == tcp_state::CLOSE {
         K::closed(sk, old);
-        return;
-    }
-    let owner = if old == tcp_state::CLOSE {
+    } else if old == tcp_state::CLOSE {
         // connect() and listen() run in the owner's task: this is where we learn who it is.
-        let owner = current_owner();
-        if new == tcp_state::LISTEN {
-            let _ = LISTENERS.insert(&listener_key::<K>(sk), &owner, 0);
-        }
-        Some(owner)
+        K::born_in_owner(sk, new == tcp_state::LISTEN);
     } else {
-        // A child cloned from a listener, in softirq: it belongs to whoever owns the listener.
-        unsafe { LISTENERS.get(&listener_key::<K>(sk)) }.copied()
-    };
-    let info = ConnInfo {
-        birth_ns: unsafe { bpf_ktime_get_ns() },
-        passive: (old == tcp_state::LISTEN) as u8,
-        owner_known: owner.is_some() as u8,
-        owner: owner.unwrap_or_default(),
-        ..ConnInfo::default()
-    };
-    K::remember(sk, K::cookie(sk), &info);
+        K::accepted(sk);
+    }
 }
 
 /// A listener, or a child it just cloned (both still hashed, so `skc_num` holds the port).
 #[inline(always)]
 fn listener_key<K: Kernel>(sk: u64) -> ListenerKey {
+    listener_key_at::<K>(sk, K::read::<u16>(sk, conf!(sk_num)))
+}
+
+#[inline(always)]
+fn listener_key_at<K: Kernel>(sk: u64, port: u16) -> ListenerKey {
     ListenerKey {
         netns: socket::netns::<K>(sk),
-        port: K::read::<u16>(sk, conf!(sk_num)),
+        port,
         _pad: 0,
     }
 }
 
+/// The current task as the owner of what it does: its process and thread, cgroup and names.
 #[inline(always)]
-pub fn current_owner() -> Owner {
+pub fn current_owner_into<K: Kernel>(owner: &mut Owner) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    let pid = pid_tgid as u32;
-    let thread_comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    owner.tgid = (pid_tgid >> 32) as u32;
+    owner.pid = pid_tgid as u32;
+    owner.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    current_comm_into(&mut owner.thread_comm);
     // Threads name themselves per pool (JVM, Tomcat, Netty): the label wants the process, which
     // is its thread-group leader's name. The leader's own comm is already that.
-    let comm = if tgid == pid {
-        thread_comm
-    } else {
-        leader_comm().unwrap_or(thread_comm)
-    };
-    Owner {
-        tgid,
-        pid,
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        comm,
-        thread_comm,
+    let thread = &owner.thread_comm as *const [u8; 16] as *const u64;
+    let mut comm = unsafe { [*thread, *thread.add(1)] };
+    if owner.tgid != owner.pid {
+        let leader = K::read::<u64>(K::current_task(), conf!(task_group_leader));
+        let name = [
+            K::read::<u64>(leader, conf!(task_comm)),
+            K::read::<u64>(leader, conf!(task_comm) + 8),
+        ];
+        if name[0] != 0 {
+            comm = name;
+        }
     }
-}
-
-#[inline(always)]
-fn leader_comm() -> Option<[u8; 16]> {
-    let task = unsafe { bpf_get_current_task() };
-    let leader = probe::<u64>(task, conf!(task_group_leader))?;
-    probe::<[u8; 16]>(leader, conf!(task_comm))
+    let dst = &mut owner.comm as *mut [u8; 16] as *mut u64;
+    unsafe {
+        *dst = comm[0];
+        *dst.add(1) = comm[1];
+    }
 }

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use rstwatch_common::{AF_INET, AF_INET6, EVENT_SOCKET_ERROR, ErrorKey, FlowKey, Owner, SocketErrorEvent};
 
 use crate::{
-    conn::Conns,
+    conn,
     maps::{LAST_REJECT, REJECTED, count_error, emit_error, last_reset_on},
     read::{Btf, Kernel, conf, probe, tp_field},
     socket,
@@ -63,19 +63,20 @@ pub fn on_error_report(ctx: &TracePointContext) -> Option<()> {
 }
 
 /// BTF tracepoint: `TP_PROTO(sk)`; the error is the one just stored in `sk->sk_err`, and the
-/// owner is in the socket's own storage.
+/// owner is in the connection's slot.
 pub fn on_error_report_btf(ctx: &BtfTracePointContext) -> Option<()> {
     let sk = ctx.arg::<*const c_void>(0) as u64;
     let error = Btf::read::<i32>(sk, conf!(sk_err));
     if !wanted(error) || Btf::read::<u16>(sk, conf!(sk_protocol)) != IPPROTO_TCP as u16 {
         return None;
     }
-    let flow = socket::flow::<Btf>(sk);
-    if flow.remote_port == 0 {
+    let remote_port = u16::from_be(Btf::read::<u16>(sk, conf!(sk_dport)));
+    if remote_port == 0 {
         return None; // see `cut_loose`
     }
+    let local_port = socket::local_port::<Btf>(Btf::tcp_sock(sk));
     let now = unsafe { bpf_ktime_get_ns() };
-    let (owner, port) = Btf::owner_and_port(sk, Btf::cookie(sk), &flow);
+    let (owner, port) = conn::owner_and_port_btf(sk, local_port, remote_port);
     socket_error(error, now, sk, owner, port);
     Some(())
 }

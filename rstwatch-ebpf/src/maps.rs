@@ -24,6 +24,12 @@ pub static COUNTS: PerCpuHashMap<CountKey, u64> = PerCpuHashMap::with_max_entrie
 #[map]
 pub static PORT_LABELS: HashMap<u16, u8> = HashMap::with_max_entries(65536, 0);
 
+/// `port_labelled`'s answers, one bit per port: labelled in the first PORT_WORDS words, capped
+/// in the next PORT_WORDS.
+#[map]
+static PORT_ANSWERS: Array<u64> = Array::with_max_entries(2 * PORT_WORDS, 0);
+const PORT_WORDS: u32 = 65536 / 64;
+
 /// Where `count` puts a reset whose key no longer fits in COUNTS: the same key without port (one
 /// per set of classifier inputs and owner), or failing that without owner too (one per set of
 /// classifier inputs, a few hundred at most). A map of its own, so that a flood of distinct
@@ -46,12 +52,25 @@ pub static CONN: LruHashMap<u64, ConnInfo> = LruHashMap::with_max_entries(65536,
 pub static CONNS: Array<ConnSlot> = Array::with_max_entries(CONN_SLOTS, 0);
 pub const CONN_SLOTS: u32 = 65536;
 
+/// One connection in `CONNS`: one cache line, so that remembering a connection costs one miss.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct ConnSlot {
-    /// The connection's cookie; 0 while a writer fills the slot.
-    pub cookie: u64,
-    pub info: ConnInfo,
+    /// `cookie << 8 | slot_flag::*`; 0 while a writer fills the slot.
+    pub tag: u64,
+    /// `bpf_ktime_get_ns()` when the connection was born.
+    pub birth_ns: u64,
+    /// Valid with `slot_flag::OWNER_KNOWN` only.
+    pub owner: Owner,
+}
+
+const _: () = assert!(size_of::<ConnSlot>() == 64);
+
+pub mod slot_flag {
+    /// Accepted from a listener (the owner is then the listener's, looked up when needed).
+    pub const PASSIVE: u64 = 1;
+    /// Born by connect() or listen() in its owner's task, which `owner` holds.
+    pub const OWNER_KNOWN: u64 = 2;
 }
 
 /// tp_btf programs: the state a socket left when it moved to CLOSE, as `cookie << 4 | state`
@@ -195,13 +214,28 @@ fn with_port_cap(key: &mut CountKey, f: impl Fn(&mut CountKey) -> bool) -> bool 
     done
 }
 
-/// The set only grows, so a port keeps its answer for good. Two CPUs adding the same new port at
-/// once: the one that loses the race finds it on the second look.
+/// The set only grows, so a port keeps its answer for good, and `PORT_ANSWERS` remembers it in a
+/// bit: one array load instead of a hash lookup for every reset. Two CPUs adding the same new
+/// port at once: the one that loses the race finds it on the second look.
 #[inline(always)]
 fn port_labelled(port: u16) -> bool {
-    unsafe { PORT_LABELS.get(&port) }.is_some()
+    let (word, bit) = ((port >> 6) as u32, 1u64 << (port & 63));
+    if PORT_ANSWERS.get(word).is_some_and(|w| w & bit != 0) {
+        return true;
+    }
+    if PORT_ANSWERS.get(PORT_WORDS + word).is_some_and(|w| w & bit != 0) {
+        return false;
+    }
+    let labelled = unsafe { PORT_LABELS.get(&port) }.is_some()
         || PORT_LABELS.insert(&port, &1, BPF_NOEXIST as u64).is_ok()
-        || unsafe { PORT_LABELS.get(&port) }.is_some()
+        || unsafe { PORT_LABELS.get(&port) }.is_some();
+    // Not atomic: a bit lost to a concurrent store on the same word costs a later hash lookup,
+    // never a wrong answer (PORT_LABELS stays the truth, and once full it never changes).
+    let index = if labelled { word } else { PORT_WORDS + word };
+    if let Some(answers) = PORT_ANSWERS.get_ptr_mut(index) {
+        unsafe { *answers |= bit };
+    }
+    labelled
 }
 
 /// Run `f` on the key without its port, then without port and owner, until it succeeds. The key
@@ -257,9 +291,10 @@ struct Budget {
 }
 
 /// In a reset storm, details of every reset would cost the daemon a core; counts never depend
-/// on events, so past the budget only the loss is counted.
+/// on events, so past the budget only the loss is counted. Taken before an event is filled, so
+/// that resets past it skip what only the event needs.
 #[inline(always)]
-fn within_budget(now_ns: u64) -> bool {
+pub fn take_event_budget(now_ns: u64) -> bool {
     let limit = conf!(events_per_cpu_per_second);
     if limit == 0 {
         return true;
@@ -281,16 +316,17 @@ fn within_budget(now_ns: u64) -> bool {
     true
 }
 
+/// An event within the budget (`take_event_budget`) to userspace.
 #[inline(always)]
-pub fn emit(ev: &ResetEvent) {
-    if within_budget(ev.ts_ns) && EVENTS.output::<ResetEvent>(ev, BPF_RB_NO_WAKEUP).is_err() {
+pub fn send_event(ev: &ResetEvent) {
+    if EVENTS.output::<ResetEvent>(ev, BPF_RB_NO_WAKEUP).is_err() {
         bump_lost(lost::RING_BUFFER_FULL);
     }
 }
 
 #[inline(always)]
 pub fn emit_error(ev: &SocketErrorEvent) {
-    if within_budget(ev.ts_ns) && EVENTS.output::<SocketErrorEvent>(ev, BPF_RB_NO_WAKEUP).is_err() {
+    if take_event_budget(ev.ts_ns) && EVENTS.output::<SocketErrorEvent>(ev, BPF_RB_NO_WAKEUP).is_err() {
         bump_lost(lost::RING_BUFFER_FULL);
     }
 }

@@ -12,7 +12,10 @@ use aya_ebpf::{
     cty::c_void,
     helpers::{
         bpf_probe_read_kernel,
-        generated::{self, bpf_skc_to_tcp_sock, bpf_skc_to_tcp_timewait_sock},
+        generated::{
+            self, bpf_get_current_task, bpf_get_current_task_btf, bpf_skc_to_tcp_sock,
+            bpf_skc_to_tcp_timewait_sock,
+        },
     },
     programs::TracePointContext,
 };
@@ -47,6 +50,8 @@ pub trait Kernel {
     fn tcp_sock(sk: u64) -> u64;
     /// The time-wait socket behind a socket pointer, or 0.
     fn timewait_sock(sk: u64) -> u64;
+    /// The current task, as a pointer `read` can follow.
+    fn current_task() -> u64;
 }
 
 pub struct Btf;
@@ -67,6 +72,12 @@ impl Kernel for Btf {
     #[inline(always)]
     fn timewait_sock(sk: u64) -> u64 {
         unsafe { bpf_skc_to_tcp_timewait_sock(sk as *mut c_void) as u64 }
+    }
+
+    /// Typed, so its fields (and the leader's) are plain loads too.
+    #[inline(always)]
+    fn current_task() -> u64 {
+        unsafe { bpf_get_current_task_btf() as u64 }
     }
 }
 
@@ -96,6 +107,27 @@ impl Kernel for Probe {
     fn timewait_sock(sk: u64) -> u64 {
         sk
     }
+
+    #[inline(always)]
+    fn current_task() -> u64 {
+        unsafe { bpf_get_current_task() }
+    }
+}
+
+/// `*dst` from kernel memory at `addr`, through the helper; false (and zeros) when unreadable.
+/// Straight into the destination: an `Option` on the way makes LLVM zero and copy it byte by byte.
+#[inline(always)]
+pub fn probe_into<T>(dst: *mut T, addr: u64) -> bool {
+    unsafe {
+        generated::bpf_probe_read_kernel(dst as *mut c_void, size_of::<T>() as u32, addr as *const c_void)
+            == 0
+    }
+}
+
+/// The current thread's name, straight into `dst` (the helper pads it with zeros).
+#[inline(always)]
+pub fn current_comm_into(dst: &mut [u8; 16]) {
+    unsafe { generated::bpf_get_current_comm(dst.as_mut_ptr() as *mut c_void, 16) };
 }
 
 /// A value in kernel memory at `base + offset`, through the helper: for memory that no typed

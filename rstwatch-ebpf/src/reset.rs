@@ -7,7 +7,7 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     cty::c_void,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_ktime_get_ns},
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_ktime_get_ns},
     programs::{BtfTracePointContext, ProbeContext, TracePointContext},
 };
 use rstwatch_common::{
@@ -18,10 +18,10 @@ use rstwatch_common::{
 use crate::{
     conn::Conns,
     maps::{
-        LAST_REJECT, REJECTED, count, emit, remember_last_receive, remember_last_reset, take_last_receive,
-        uncount,
+        LAST_REJECT, REJECTED, count, remember_last_receive, remember_last_reset, send_event,
+        take_event_budget, take_last_receive, uncount,
     },
-    read::{Btf, Probe, conf, tp_field},
+    read::{Btf, Probe, conf, current_comm_into, tp_field},
     segment, socket, words,
 };
 
@@ -89,11 +89,12 @@ fn send_reset<K: Conns>(sk: u64, skb: u64, state: u8, reason: u16, extra_facts: 
     let ev = new_event(&mut space, DIRECTION_SENT, state);
     ev.key.extra_facts = extra_facts;
     ev.key.reason = reason;
-    let cookie = fill_common::<K>(ev, sk);
+    let (cookie, detailed) = fill_common::<K>(ev, sk);
     if skb != 0 {
         // A reply to a segment: the segment says who the peer is, even when the socket is a
-        // listener (whose remote address is 0) or there is no socket at all.
-        segment::describe_trigger::<K>(ev, skb);
+        // listener (whose remote address is 0) or there is no socket at all. Its addresses go
+        // only into the event, and into the classic error program's note.
+        segment::describe_trigger::<K>(ev, skb, detailed || K::ERRORS_NEED_NOTE);
     } else if sk != 0 {
         socket::addresses::<K>(ev, sk);
     }
@@ -113,7 +114,7 @@ fn send_reset<K: Conns>(sk: u64, skb: u64, state: u8, reason: u16, extra_facts: 
             ev.flags |= event_flag::UNDID_FALSE_RECEIVE;
         }
     }
-    finish::<K>(ev);
+    finish::<K>(ev, detailed);
     Some(())
 }
 
@@ -142,7 +143,7 @@ fn receive_reset<K: Conns>(sk: u64, cookie: u64) -> Option<()> {
     let mut space = MaybeUninit::uninit();
     let ev = new_event(&mut space, DIRECTION_RECEIVED, state);
     ev.key.reason = REASON_NONE;
-    let own_cookie = fill_common::<K>(ev, sk);
+    let (own_cookie, detailed) = fill_common::<K>(ev, sk);
     if own_cookie == 0 {
         ev.cookie = cookie;
     }
@@ -167,7 +168,7 @@ fn receive_reset<K: Conns>(sk: u64, cookie: u64) -> Option<()> {
     if closing {
         ev.flags |= event_flag::RECEIVE_WHILE_CLOSING;
     }
-    finish::<K>(ev);
+    finish::<K>(ev, detailed);
     if closing {
         // May be the kernel's own (see UNDID_FALSE_RECEIVE): the reset it sends next on this
         // socket looks for this note.
@@ -198,17 +199,22 @@ fn new_event(space: &mut MaybeUninit<ResetEvent>, direction: u8, state: u8) -> &
 }
 
 /// Fields every event has, whatever the socket: time, task, and what was remembered about the
-/// connection. Returns the socket's cookie where this kind of program has one (0 otherwise).
+/// connection. Returns the socket's cookie where this kind of program has one (0 otherwise), and
+/// whether the event is within the budget: past it only the count is made, and what only the
+/// event would show is not read.
 #[inline(always)]
-fn fill_common<K: Conns>(ev: &mut ResetEvent, sk: u64) -> u64 {
+fn fill_common<K: Conns>(ev: &mut ResetEvent, sk: u64) -> (u64, bool) {
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-    let pid_tgid = bpf_get_current_pid_tgid();
-    ev.tgid = (pid_tgid >> 32) as u32;
-    ev.pid = pid_tgid as u32;
-    ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    let detailed = take_event_budget(ev.ts_ns);
+    if detailed {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        ev.tgid = (pid_tgid >> 32) as u32;
+        ev.pid = pid_tgid as u32;
+        current_comm_into(&mut ev.comm);
+    }
     ev.skaddr = sk;
     if sk == 0 || ev.key.state == tcp_state::NEW_SYN_RECV {
-        return 0;
+        return (0, detailed);
     }
     let cookie = K::cookie(sk);
     ev.cookie = cookie;
@@ -216,7 +222,7 @@ fn fill_common<K: Conns>(ev: &mut ResetEvent, sk: u64) -> u64 {
     if ev.key.state != tcp_state::TIME_WAIT {
         K::recall_into(sk, cookie, ev);
     }
-    cookie
+    (cookie, detailed)
 }
 
 #[inline(always)]
@@ -234,10 +240,12 @@ pub fn flow_of(ev: &ResetEvent) -> FlowKey {
 /// Decide the service port, count, hand the details to userspace, and (classic programs, whose
 /// error tracepoint has no socket) leave a note for the socket error that may follow.
 #[inline(always)]
-fn finish<K: Conns>(ev: &mut ResetEvent) {
+fn finish<K: Conns>(ev: &mut ResetEvent, detailed: bool) {
     ev.key.port = socket::service_port(ev);
     count(&mut ev.key);
-    emit(ev);
+    if detailed {
+        send_event(ev);
+    }
     if K::ERRORS_NEED_NOTE {
         remember_last_reset(ev);
     }

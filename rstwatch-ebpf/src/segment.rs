@@ -3,7 +3,7 @@
 
 use rstwatch_common::{AF_INET, AF_INET6, ResetEvent, fact};
 
-use crate::read::{Kernel, conf, probe};
+use crate::read::{Kernel, conf, probe, probe_into};
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
@@ -18,13 +18,16 @@ pub fn is_reset<K: Kernel>(skb: u64) -> bool {
 }
 
 /// The packet bytes are behind plain `unsigned char *` pointers, which BTF does not type: those
-/// are read with the helper whatever the program.
+/// are read with the helper whatever the program. The IP addresses only go into the event:
+/// `addresses` is false when there is no event to fill.
 #[inline(always)]
-pub fn describe_trigger<K: Kernel>(ev: &mut ResetEvent, skb: u64) {
+pub fn describe_trigger<K: Kernel>(ev: &mut ResetEvent, skb: u64, addresses: bool) {
     let data = K::read::<u64>(skb, conf!(skb_data));
-    let Some(tcp) = probe::<[u8; 16]>(data, 0) else {
+    let mut header = [0u64; 2];
+    if !probe_into(&mut header, data) {
         return;
-    };
+    }
+    let tcp = unsafe { &*(header.as_ptr() as *const [u8; 16]) };
     let len = K::read::<u32>(skb, conf!(skb_len));
 
     let flags = tcp[13];
@@ -47,20 +50,24 @@ pub fn describe_trigger<K: Kernel>(ev: &mut ResetEvent, skb: u64) {
     // The segment came from the peer: its source is our remote end.
     ev.remote_port = u16::from_be_bytes([tcp[0], tcp[1]]);
     ev.local_port = u16::from_be_bytes([tcp[2], tcp[3]]);
+    if !addresses {
+        return;
+    }
 
     let head = K::read::<u64>(skb, conf!(skb_head));
     let network_header = K::read::<u16>(skb, conf!(skb_network_header));
     let ip = head + network_header as u64;
-    let Some(version) = probe::<u8>(ip, 0) else { return };
+    let mut version = 0u8;
+    if !probe_into(&mut version, ip) {
+        return;
+    }
     if version >> 4 == 6 {
         ev.family = AF_INET6;
-        ev.remote_addr = probe::<[u8; 16]>(ip, 8).unwrap_or([0; 16]);
-        ev.local_addr = probe::<[u8; 16]>(ip, 24).unwrap_or([0; 16]);
+        probe_into(&mut ev.remote_addr, ip + 8);
+        probe_into(&mut ev.local_addr, ip + 24);
     } else {
         ev.family = AF_INET;
-        let remote = probe::<[u8; 4]>(ip, 12).unwrap_or([0; 4]);
-        let local = probe::<[u8; 4]>(ip, 16).unwrap_or([0; 4]);
-        ev.remote_addr[..4].copy_from_slice(&remote);
-        ev.local_addr[..4].copy_from_slice(&local);
+        probe_into(ev.remote_addr.as_mut_ptr() as *mut [u8; 4], ip + 12);
+        probe_into(ev.local_addr.as_mut_ptr() as *mut [u8; 4], ip + 16);
     }
 }

@@ -23,7 +23,7 @@ pub fn copy<T: Words>(dst: &mut T, src: &T) {
 /// Plain data made of whole, aligned 8-byte words.
 pub trait Words: Copy {
     const WORDS: usize = {
-        assert!(size_of::<Self>() % 8 == 0 && align_of::<Self>() == 8);
+        assert!(size_of::<Self>().is_multiple_of(8) && align_of::<Self>() == 8);
         size_of::<Self>() / 8
     };
 }

@@ -10,6 +10,8 @@ mod load; // 1. the kernel's layout, the eBPF programs loaded and attached, its 
 
 #[cfg(test)]
 mod fuzz;
+#[cfg(test)]
+mod skip;
 
 use std::{net::SocketAddr, process::ExitCode};
 

@@ -2,6 +2,7 @@
 //! (set up, build, run every test). Set-up is idempotent: it installs only what is missing.
 
 mod bench;
+mod gates;
 mod setup;
 mod vm;
 
@@ -22,7 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what building needs (nightly rust-src, LLVM 22, bpf-linker), if missing.
+    /// Install what building and the lint gates need (nightly rust-src, LLVM 22, bpf-linker,
+    /// rustfmt and clippy), if missing.
     Setup,
     /// Set up, build the release binary and run `rstwatch run` with the given arguments.
     Run {
@@ -30,13 +32,15 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then run every test: unit tests, then the root integration tests against real
-    /// resets and the real binary.
+    /// Set up, then the gates (rustfmt, clippy on the userspace and the eBPF crates), then every
+    /// test: unit tests, then the root integration tests against real resets and the real binary.
     Test {
         /// Extra arguments for the test harness (after `--`), e.g. a test name filter.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Only the gates `test` starts with: rustfmt, clippy on the userspace and the eBPF crates.
+    Lint,
     /// Benchmark on a reset storm and on ordinary connections: rate and CPU per operation bare,
     /// with rstwatch and with bpftrace, daemon CPU/RSS, BPF ns per reset and per connection, exact
     /// counts (see README "Performance").
@@ -59,7 +63,10 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let root = workspace_root();
     match cli.command {
-        Task::Setup => setup::ensure_build_tools(),
+        Task::Setup => {
+            setup::ensure_build_tools()?;
+            setup::ensure_lint_tools()
+        }
         Task::Run { args } => {
             setup::ensure_build_tools()?;
             let binary = build_release(&root)?;
@@ -69,6 +76,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Task::Test { args } => {
             setup::ensure_build_tools()?;
             setup::ensure_test_tools()?;
+            setup::ensure_lint_tools()?;
+            gates::run(&root)?;
             let binary = build_release(&root)?;
             setup::say("unit tests");
             cargo(
@@ -122,6 +131,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             setup::say(&format!("reset scenarios on other kernels under qemu: {kernels}"));
             vm::run(&root, vm::Options::for_kernels(&kernels))
+        }
+        Task::Lint => {
+            setup::ensure_build_tools()?;
+            setup::ensure_lint_tools()?;
+            gates::run(&root)
         }
         Task::Bench(options) => bench::run(&root, options),
         Task::VmTest(options) => vm::run(&root, options),

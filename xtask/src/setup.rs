@@ -65,20 +65,54 @@ pub fn ensure_test_tools() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The toolchain aya-build builds the eBPF crate with (rstwatch/build.rs: `Toolchain::Nightly`).
+pub const EBPF_TOOLCHAIN: &str = "nightly";
+
 fn ensure_rust_src() -> anyhow::Result<()> {
-    let installed = output(
-        "rustup",
-        &["component", "list", "--toolchain", "nightly", "--installed"],
+    ensure_components(
+        Some(EBPF_TOOLCHAIN),
+        &["rust-src"],
+        "build-std for bpfel-unknown-none",
     )
-    .context("rustup is needed to build the eBPF side with the nightly toolchain")?;
-    if installed.lines().any(|line| line.starts_with("rust-src")) {
+}
+
+/// rustfmt and clippy for the gates: the toolchain running xtask checks the userspace crates,
+/// the eBPF toolchain checks the eBPF crate.
+pub fn ensure_lint_tools() -> anyhow::Result<()> {
+    ensure_components(None, &["rustfmt", "clippy"], "the formatting and lint gates")?;
+    ensure_components(Some(EBPF_TOOLCHAIN), &["clippy"], "the eBPF lint gate")
+}
+
+/// `toolchain` None is the one in use here (rustup's override for this directory, or the default).
+fn ensure_components(toolchain: Option<&str>, components: &[&str], why: &str) -> anyhow::Result<()> {
+    let mut list = vec!["component", "list", "--installed"];
+    list.extend(toolchain.map(|name| ["--toolchain", name]).into_iter().flatten());
+    let installed = output("rustup", &list).context("rustup is needed to install toolchain components")?;
+    let missing = missing_components(&installed, components);
+    if missing.is_empty() {
         return Ok(());
     }
-    say("installing rust-src for the nightly toolchain (build-std for bpfel-unknown-none)");
-    run(
-        "rustup",
-        &["component", "add", "rust-src", "--toolchain", "nightly"],
-    )
+    let on = toolchain.unwrap_or("the current toolchain");
+    say(&format!("installing {} for {on} ({why})", missing.join(", ")));
+    let mut add = vec!["component", "add"];
+    add.extend(&missing);
+    add.extend(toolchain.map(|name| ["--toolchain", name]).into_iter().flatten());
+    run("rustup", &add)
+}
+
+/// `installed` is `rustup component list --installed`: `clippy-x86_64-unknown-linux-gnu`, or bare
+/// (`rust-src`).
+fn missing_components<'a>(installed: &str, components: &[&'a str]) -> Vec<&'a str> {
+    components
+        .iter()
+        .copied()
+        .filter(|component| {
+            !installed.lines().any(|line| {
+                line.strip_prefix(component)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
+            })
+        })
+        .collect()
 }
 
 fn ensure_bpf_linker() -> anyhow::Result<()> {
@@ -179,4 +213,18 @@ pub fn output(program: &str, args: &[&str]) -> anyhow::Result<String> {
         .output()
         .with_context(|| format!("starting {program}"))?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn missing_components_from_rustup_list() {
+        let installed = "cargo-x86_64-unknown-linux-gnu\nrust-src\nrust-std-x86_64-unknown-linux-gnu\n\
+                         rustfmt-x86_64-unknown-linux-gnu\n";
+        assert_eq!(
+            super::missing_components(installed, &["rust-src", "rustfmt", "clippy"]),
+            ["clippy"]
+        );
+        assert_eq!(super::missing_components("", &["rust-src"]), ["rust-src"]);
+    }
 }

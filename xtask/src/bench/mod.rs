@@ -247,10 +247,10 @@ pub fn run(root: &Path, options: Options) -> anyhow::Result<()> {
         let out = root.join(&options.out);
         let path = out.join("results.json");
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let json: serde_json::Value =
+        let report: report::Report =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        report::chart(&json, &out.join("ratios.png"))?;
-        println!("{}", report::table(&json));
+        report::chart(&report, &out.join("ratios.png"))?;
+        println!("{}", report::table(&report));
         return Ok(());
     }
     if !setup::is_root() {
@@ -420,13 +420,13 @@ pub fn run(root: &Path, options: Options) -> anyhow::Result<()> {
         waited_total: Duration::from_secs(plan.wait_quiet).saturating_sub(wait_budget),
         elapsed: started.elapsed(),
     };
-    let json = results.to_json();
+    let report = results.report();
     let json_path = out.join("results.json");
-    std::fs::write(&json_path, serde_json::to_string_pretty(&json)? + "\n")
+    std::fs::write(&json_path, serde_json::to_string_pretty(&report)? + "\n")
         .with_context(|| format!("writing {}", json_path.display()))?;
     let chart = out.join("ratios.png");
-    report::chart(&json, &chart)?;
-    println!("{}", report::table(&json));
+    report::chart(&report, &chart)?;
+    println!("{}", report::table(&report));
     setup::say(&format!("wrote {} and {}", json_path.display(), chart.display()));
     Ok(())
 }

@@ -14,11 +14,12 @@ struct TestCgroup {
 }
 
 impl TestCgroup {
-    /// `None` (with a note) where cgroups cannot be made: not root, or no cgroup2 mounted.
+    /// `None` where cgroups cannot be made (not root, or no cgroup2 mounted), after saying so: a
+    /// failure under `CI=true`.
     fn create(tag: &str, pod_uid: &str, container_id: &str) -> Option<TestCgroup> {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         let Some(root) = paths::cgroup2_mounts(&mountinfo).into_iter().next() else {
-            eprintln!("SKIPPED: no cgroup2 mount");
+            crate::skip::skipped("no cgroup2 mount");
             return None;
         };
         let pod_dir = format!(
@@ -29,10 +30,10 @@ impl TestCgroup {
         let leaf_dir = format!("cri-containerd-{container_id}.scope");
         let pod = root.join(&pod_dir);
         if let Err(err) = std::fs::create_dir(&pod) {
-            eprintln!(
-                "SKIPPED: cannot create a cgroup under {} ({err}); run as root",
+            crate::skip::skipped(format_args!(
+                "cannot create a cgroup under {} ({err}); run as root",
                 root.display()
-            );
+            ));
             return None;
         }
         let leaf = pod.join(&leaf_dir);
@@ -151,9 +152,9 @@ fn describe_names_container_and_pod_and_forgets_nothing_it_should_not() {
 
 #[test]
 fn describe_without_kubernetes_or_outside_containers() {
-    let Ok(attribution) = Attribution::open(None) else {
-        eprintln!("SKIPPED: no cgroup2 mount");
-        return;
+    let attribution = match Attribution::open(None) {
+        Ok(attribution) => attribution,
+        Err(e) => return crate::skip::skipped(format_args!("no cgroup2 mount: {e:#}")),
     };
     // This process's own cgroup (here: the v2 root or a session scope): a path, no container.
     let root = attribution.paths.lock().unwrap().root().to_path_buf();

@@ -47,24 +47,37 @@ pub fn resolve(idle_threshold: Duration) -> Result<KernelLayout> {
     let tracefs = tracefs::ensure_mounted().map_err(super::privileges::explain_tracefs)?;
     log::info!("tracefs at {}", tracefs.display());
     let release = release()?;
-    let send = tracefs::read_format(&tracefs, "tcp", "tcp_send_reset")?;
-    let recv = tracefs::read_format(&tracefs, "tcp", "tcp_receive_reset")?;
-    let set_state = tracefs::read_format(&tracefs, "sock", "inet_sock_set_state")?;
+    let btf = KernelBtf::vmlinux()?;
+    let hz = clock::hz()?;
+    let ports = clock::ephemeral_port_range()?;
+    resolve_from(&tracefs, &btf, release, hz, ports, idle_threshold)
+}
+
+/// `resolve` on what was read from the host (or, in tests, a tracefs snapshot and a small BTF).
+fn resolve_from(
+    tracefs: &std::path::Path,
+    btf: &KernelBtf,
+    release: String,
+    hz: u32,
+    ephemeral_ports: (u16, u16),
+    idle_threshold: Duration,
+) -> Result<KernelLayout> {
+    let send = tracefs::read_format(tracefs, "tcp", "tcp_send_reset")?;
+    let recv = tracefs::read_format(tracefs, "tcp", "tcp_receive_reset")?;
+    let set_state = tracefs::read_format(tracefs, "sock", "inet_sock_set_state")?;
     let mut config = tracepoint_offsets(&send, &recv, &set_state)?;
 
-    let btf = KernelBtf::vmlinux()?;
-    btf_offsets(&btf, &mut config)?;
+    btf_offsets(btf, &mut config)?;
     let linger = btf.enum_value("sock_flags", "SOCK_LINGER")?;
     config.sock_linger_bit = fit("SOCK_LINGER of enum sock_flags", linger)?;
     let done = btf.enum_value("sock_flags", "SOCK_DONE")?;
     config.sock_done_bit = fit("SOCK_DONE of enum sock_flags", done)?;
 
-    optional_tracepoints(&tracefs, &btf, &mut config);
-    let btf_tracepoints = btf_tracepoints(&btf, &mut config);
+    optional_tracepoints(tracefs, btf, &mut config);
+    let btf_tracepoints = btf_tracepoints(btf, &mut config);
 
-    let hz = clock::hz()?;
     config.idle_threshold_jiffies = idle_jiffies(idle_threshold, hz)?;
-    (config.ephemeral_port_low, config.ephemeral_port_high) = clock::ephemeral_port_range()?;
+    (config.ephemeral_port_low, config.ephemeral_port_high) = ephemeral_ports;
 
     let (reason_names, reasons_from) = match btf.enum_values("sk_rst_reason") {
         Ok(values) => (reason_table(values)?, "BTF enum sk_rst_reason"),

@@ -106,13 +106,10 @@ fn reason_names_from_the_print_fmt() {
     assert!(reason_table(vec![(-1, "NEG".into())]).is_err());
 }
 
-#[test]
-fn live_btf_fills_every_field() {
-    let Some(btf) = btf::live_for_tests() else {
-        return;
-    };
+/// What every kernel's BTF must give; `btf_offsets` fails on any field it cannot place.
+fn btf_fills_every_field(btf: &KernelBtf) -> Config {
     let mut c = Config::UNSET;
-    btf_offsets(&btf, &mut c).unwrap();
+    btf_offsets(btf, &mut c).unwrap();
     // __sk_common is at offset 0 of struct sock, so these agree with sock_common's.
     assert_eq!(
         c.sk_v6_daddr as u32,
@@ -122,17 +119,85 @@ fn live_btf_fills_every_field() {
     assert!(c.inet_sport > c.sk_socket, "inet_sport lies past struct sock");
     assert!(c.sk_socket > c.sk_state && c.tcp_bytes_received > c.sk_socket);
     assert!(c.skb_head != c.skb_data && c.skb_network_header != 0);
-    let reasons = reason_table(btf.enum_values("sk_rst_reason").unwrap()).unwrap();
-    assert_eq!(reasons.get(&1).map(String::as_str), Some("NO_SOCKET"));
-    eprintln!("{c:#?}\n{reasons:?}");
+    c
 }
 
 #[test]
-fn live_resolve_when_tracefs_is_mounted() {
+fn the_btf_fixture_fills_every_field() {
+    let c = btf_fills_every_field(&btf::fixture());
+    // 6.18 (vmlinux.min.btf): sk_flags is found at its second path, in sock_common.
+    assert_eq!(
+        (c.sk_state, c.sk_num, c.sk_flags, c.icsk_lrcvtime),
+        (18, 14, 96, 1264)
+    );
+}
+
+#[test]
+fn the_running_kernels_btf_fills_every_field() {
+    let Some(btf) = btf::live_for_tests() else {
+        return;
+    };
+    btf_fills_every_field(&btf);
+}
+
+/// The tracefs `events/` tree of 6.18 (the format fixtures), in a directory of its own.
+fn tracefs_snapshot() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("rstwatch-test-tracefs-{}", std::process::id()));
+    for (group, event) in [
+        ("tcp", "tcp_send_reset"),
+        ("tcp", "tcp_receive_reset"),
+        ("sock", "inet_sock_set_state"),
+        ("sock", "inet_sk_error_report"),
+        ("skb", "kfree_skb"),
+    ] {
+        let event_dir = dir.join("events").join(group).join(event);
+        std::fs::create_dir_all(&event_dir).unwrap();
+        let text = std::fs::read(format!(
+            "{}/src/load/kernel/fixtures/6.18/{event}.format",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        std::fs::write(event_dir.join("format"), text).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn resolves_6_18_from_its_tracefs_and_btf() {
+    let tracefs = tracefs_snapshot();
+    let resolved = resolve_from(
+        &tracefs,
+        &btf::fixture(),
+        "6.18.0-test".into(),
+        250,
+        (32768, 60999),
+        Duration::from_secs(5),
+    );
+    std::fs::remove_dir_all(&tracefs).unwrap();
+    let layout = resolved.unwrap();
+    let c = layout.config;
+    assert_eq!((c.send_skaddr, c.send_reason, c.sk_state), (16, 28, 18));
+    assert_eq!((c.sock_linger_bit, c.idle_threshold_jiffies), (4, 1250));
+    assert_eq!((c.ephemeral_port_low, c.ephemeral_port_high), (32768, 60999));
+    assert_eq!((c.kfree_reason, c.error_sport), (36, 12));
+    assert!(layout.send_reset_has_reason && layout.send_reset_has_state);
+    assert_eq!(
+        layout.btf_tracepoints.len(),
+        rstwatch_common::probes::tracepoints().count()
+    );
+    assert_eq!((c.btf_send_reason_arg, c.btf_kfree_reason_arg), (2, 2));
+    assert_eq!(layout.reason_value("NO_SOCKET"), Some(1));
+}
+
+#[test]
+fn resolves_the_running_kernel() {
     // Never mount from a unit test: only run where tracefs and BTF are already there.
     let mounted = std::path::Path::new("/sys/kernel/tracing/events/tcp/tcp_send_reset").exists();
-    if !mounted || btf::live_for_tests().is_none() {
-        eprintln!("skipping: no tracefs mount or no BTF");
+    if !mounted {
+        crate::skip::skipped("tracefs is not mounted at /sys/kernel/tracing");
+        return;
+    }
+    if btf::live_for_tests().is_none() {
         return;
     }
     let layout = resolve(Duration::from_secs(5)).unwrap();

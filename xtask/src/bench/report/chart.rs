@@ -3,10 +3,8 @@
 
 use std::path::Path;
 
+use super::{RATE_RATIO_MIN, model::Report};
 use anyhow::{Context as _, anyhow};
-use serde_json::Value;
-
-use super::RATE_RATIO_MIN;
 
 const FONT_PATHS: &[&str] = &[
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
@@ -36,7 +34,7 @@ fn register_font() -> anyhow::Result<()> {
 }
 
 /// Two panels, one line per configuration and mode: rate ratio and CPU-per-operation ratio per round.
-pub fn chart(results: &Value, path: &Path) -> anyhow::Result<()> {
+pub fn chart(results: &Report, path: &Path) -> anyhow::Result<()> {
     use plotters::prelude::*;
 
     register_font()?;
@@ -47,38 +45,27 @@ pub fn chart(results: &Value, path: &Path) -> anyhow::Result<()> {
     }
     let mut series = Vec::new();
     let mut rounds = 1.0f64;
-    for c in results["configs"].as_array().into_iter().flatten() {
-        let samples = c["samples"].as_array().cloned().unwrap_or_default();
-        let bare = |round: &Value| {
-            samples
-                .iter()
-                .find(|s| s["mode"] == "bare" && s["round"] == *round && s["profile"] == false)
-                .cloned()
-        };
-        let modes = c["summary"]["modes"].as_object().cloned().unwrap_or_default();
-        for mode in modes.keys().filter(|m| *m != "bare") {
+    for c in &results.configs {
+        let measured = || c.samples.iter().filter(|s| !s.profile);
+        let bare = |round: u32| measured().find(|s| s.mode == "bare" && s.round == round);
+        for mode in c.summary.modes.keys().filter(|m| *m != "bare") {
             let mut s = Series {
                 label: format!(
                     "{} {}t/{}p {}",
-                    short(&c["workload"]),
-                    c["threads"],
-                    c["ports"],
+                    short(c.workload.as_deref()),
+                    c.threads,
+                    c.ports,
                     mode
                 ),
                 rate: vec![],
                 cpu: vec![],
             };
-            for sample in samples
-                .iter()
-                .filter(|s| s["mode"] == *mode.as_str() && s["profile"] == false)
-            {
-                let Some(b) = bare(&sample["round"]) else { continue };
-                let round = sample["round"].as_f64().unwrap_or(0.0);
+            for sample in measured().filter(|s| s.mode == *mode) {
+                let Some(b) = bare(sample.round) else { continue };
+                let round = f64::from(sample.round);
                 rounds = rounds.max(round);
-                let ratio =
-                    |k: &str| sample[k].as_f64().unwrap_or(f64::NAN) / b[k].as_f64().unwrap_or(f64::NAN);
-                s.rate.push((round, ratio("rate_per_s")));
-                s.cpu.push((round, ratio("cpu_ns_per_op")));
+                s.rate.push((round, sample.rate_per_s / b.rate_per_s));
+                s.cpu.push((round, sample.cpu_ns_per_op / b.cpu_ns_per_op));
             }
             series.push(s);
         }
@@ -102,7 +89,7 @@ pub fn chart(results: &Value, path: &Path) -> anyhow::Result<()> {
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let title = format!(
         "rstwatch benchmark: ratios to the same round's bare run — {}",
-        results["meta"]["date"].as_str().unwrap_or("")
+        results.meta.date
     );
     let root = root
         .titled(&title, ("sans-serif", 24))
@@ -212,8 +199,8 @@ pub fn chart(results: &Value, path: &Path) -> anyhow::Result<()> {
 }
 
 /// Results written before there were workloads hold the reset storm.
-fn short(workload: &Value) -> &'static str {
-    match workload.as_str() {
+fn short(workload: Option<&str>) -> &'static str {
+    match workload {
         Some("connections") => "conn",
         _ => "refused",
     }
