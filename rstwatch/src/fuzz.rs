@@ -364,7 +364,7 @@ proptest! {
         let reset = decoder.decode(&ev);
         prop_assert_eq!(reset.service_port, ev.key.port);
         let mut limiter = RateLimiter::new(3);
-        check_observation(&Observation::Reset(reset), &WallClock::now(), &mut limiter);
+        check_observation(&Observation::Reset(Box::new(reset)), &WallClock::now(), &mut limiter);
     }
 
     #[test]
@@ -416,7 +416,7 @@ proptest! {
                 Record::Reset(ev) => {
                     let reset = decoder.decode(&ev);
                     linker.remember(&reset);
-                    Observation::Reset(reset)
+                    Observation::Reset(Box::new(reset))
                 }
                 Record::SocketError(ev) => Observation::SocketError(decoder.decode_error(&ev, &linker)),
             };
@@ -447,7 +447,7 @@ fn extreme_timestamps_format() {
         ev.lsndtime = 1;
         let reset = decoder.decode(&ev);
         check_observation(
-            &Observation::Reset(reset),
+            &Observation::Reset(Box::new(reset)),
             &WallClock::now(),
             &mut RateLimiter::new(1),
         );
