@@ -275,6 +275,20 @@ impl Decoder {
     }
 }
 
+impl Decoder {
+    /// A record decoded in full, its socket error linked to the reset before it.
+    pub fn observation(&self, record: Record, linker: &mut Linker) -> Observation {
+        match record {
+            Record::Reset(ev) => {
+                let reset = self.decode(&ev);
+                linker.remember(&reset);
+                Observation::Reset(Box::new(reset))
+            }
+            Record::SocketError(ev) => Observation::SocketError(self.decode_error(&ev, linker)),
+        }
+    }
+}
+
 /// Remembers recent resets by socket, so the error an application gets links to its reset.
 pub struct Linker {
     recent: VecDeque<(u64, u64, Direction, Cause)>,
@@ -456,14 +470,7 @@ pub async fn read_events(
         let mut read_at = None;
         let decode_errors = drain
             .next(|record| {
-                let observation = match record {
-                    Record::Reset(ev) => {
-                        let reset = decoder.decode(&ev);
-                        linker.remember(&reset);
-                        Observation::Reset(Box::new(reset))
-                    }
-                    Record::SocketError(ev) => Observation::SocketError(decoder.decode_error(&ev, &linker)),
-                };
+                let observation = decoder.observation(record, &mut linker);
                 pairer.push(observation, *read_at.get_or_insert_with(monotonic_ns));
                 Ok(())
             })
@@ -472,6 +479,11 @@ pub async fn read_events(
         let mut observations = Vec::new();
         // Paired resets go out now, unpaired ones once their wait is over (on a later tick).
         pairer.release(now, &mut observations);
+        if pairer.shrink_when_empty() {
+            // The burst's events are freed by now (or on their way out); give their pages back.
+            // SAFETY: glibc's malloc_trim only releases free heap pages.
+            unsafe { libc::malloc_trim(0) };
+        }
         if observations.is_empty() && decode_errors == 0 {
             continue;
         }

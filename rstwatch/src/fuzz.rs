@@ -412,15 +412,7 @@ proptest! {
         // Any read time that has a HOLD_NS after it.
         let read_ns = now_ns / 2;
         for record in ready.drain(..) {
-            let observation = match record {
-                Record::Reset(ev) => {
-                    let reset = decoder.decode(&ev);
-                    linker.remember(&reset);
-                    Observation::Reset(Box::new(reset))
-                }
-                Record::SocketError(ev) => Observation::SocketError(decoder.decode_error(&ev, &linker)),
-            };
-            pairer.push(observation, read_ns);
+            pairer.push(decoder.observation(record, &mut linker), read_ns);
         }
         let mut out = Vec::new();
         pairer.release(read_ns, &mut out);

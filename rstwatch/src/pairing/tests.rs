@@ -234,3 +234,26 @@ fn a_reused_four_tuple_far_apart_is_not_a_pair_and_a_storm_is_bounded() {
     pairer.release(10 * MS, &mut out);
     assert_eq!(out.len(), 10, "never more than MAX_HELD wait");
 }
+
+#[test]
+fn a_burst_gives_its_room_back_once_it_has_gone_out() {
+    let mut pairer = Pairer::new();
+    let mut out = Vec::new();
+    for i in 0..MAX_HELD as u64 {
+        let local = format!("127.0.0.1:{}", 1000 + i);
+        let rx = reset(
+            Direction::Received,
+            Cause::PeerReset,
+            &local,
+            "10.9.9.9:80",
+            MS,
+            None,
+        );
+        pairer.push(Observation::Reset(Box::new(rx)), MS);
+    }
+    assert!(!pairer.shrink_when_empty(), "the burst still waits");
+    pairer.release(MS + HOLD_NS, &mut out);
+    assert_eq!(out.len(), MAX_HELD, "everything went out, unpaired");
+    assert!(pairer.shrink_when_empty());
+    assert!(!pairer.shrink_when_empty(), "nothing left to give back");
+}
