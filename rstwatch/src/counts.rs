@@ -191,7 +191,7 @@ pub struct Classifier {
 
 impl Classifier {
     pub fn facts(&self, key: &CountKey) -> ResetFacts {
-        ResetFacts::from_key(key, |value| self.reason_names.get(&value).cloned())
+        ResetFacts::from_key(key, |value| self.reason_names.get(&value).map(String::as_str))
     }
 
     fn labels(&self, key: &CountKey, labels: &mut Labels) -> (SeriesLabels, [bool; 2]) {

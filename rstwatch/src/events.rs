@@ -113,10 +113,11 @@ pub fn errno_name(errno: u16) -> &'static str {
     }
 }
 
-/// What the ring buffer delivers, decoded.
+/// What the ring buffer delivers, decoded. A `Reset` is boxed: it is ten times the size of a
+/// `SocketError`, and observations move through the pairing queue by value.
 #[derive(Clone, Debug)]
 pub enum Observation {
-    Reset(Reset),
+    Reset(Box<Reset>),
     SocketError(SocketError),
 }
 
@@ -160,14 +161,68 @@ pub struct Decoder {
     pub attribution: Option<Arc<Attribution>>,
 }
 
+/// What the metrics need of a reset: the histograms' labels and durations.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Timing {
+    pub direction: Direction,
+    pub cause: Cause,
+    pub idle: Option<Duration>,
+    pub age: Option<Duration>,
+}
+
+impl Reset {
+    pub fn timing(&self) -> Timing {
+        Timing {
+            direction: self.direction,
+            cause: self.cause,
+            idle: self.idle,
+            age: self.age,
+        }
+    }
+}
+
+/// A reset's age, idle time and time since its last send, from the event's clocks.
+struct Durations {
+    age: Option<Duration>,
+    idle: Option<Duration>,
+    since_last_send: Option<Duration>,
+}
+
 impl Decoder {
-    pub fn decode(&self, ev: &ResetEvent) -> Reset {
-        let facts = self.classifier.facts(&ev.key);
+    fn durations(&self, ev: &ResetEvent) -> Durations {
         let full = ev.key.facts & fact::FULL_SOCKET != 0;
         let jiffies = |stamp: u32| {
             (full && stamp != 0).then(|| jiffies_to_duration(ev.now_jiffies.wrapping_sub(stamp), self.hz))
         };
-        let last_receive = later(ev.rcv_tstamp, ev.lrcvtime);
+        Durations {
+            age: (ev.flags & event_flag::BIRTH_KNOWN != 0)
+                .then(|| Duration::from_nanos(ev.ts_ns.saturating_sub(ev.birth_ns))),
+            idle: jiffies(later(ev.rcv_tstamp, ev.lrcvtime)),
+            since_last_send: jiffies(ev.lsndtime),
+        }
+    }
+
+    /// Only what the metrics need: no strings, no owner, no pairing (a daemon that writes no
+    /// events decodes every reset of a storm's event budget this way).
+    pub fn timing(&self, ev: &ResetEvent) -> Timing {
+        let facts = self.classifier.facts(&ev.key);
+        let Durations { age, idle, .. } = self.durations(ev);
+        Timing {
+            direction: facts.direction,
+            cause: classify(&facts),
+            idle,
+            age,
+        }
+    }
+
+    pub fn decode(&self, ev: &ResetEvent) -> Reset {
+        let facts = self.classifier.facts(&ev.key);
+        let full = ev.key.facts & fact::FULL_SOCKET != 0;
+        let Durations {
+            age,
+            idle,
+            since_last_send,
+        } = self.durations(ev);
         Reset {
             direction: facts.direction,
             cause: classify(&facts),
@@ -190,10 +245,9 @@ impl Decoder {
                 thread: comm_text(&ev.comm),
                 cgroup_id: 0,
             },
-            age: (ev.flags & event_flag::BIRTH_KNOWN != 0)
-                .then(|| Duration::from_nanos(ev.ts_ns.saturating_sub(ev.birth_ns))),
-            idle: jiffies(last_receive),
-            since_last_send: jiffies(ev.lsndtime),
+            age,
+            idle,
+            since_last_send,
             bytes_received: full.then_some(ev.bytes_received),
             bytes_acked: full.then_some(ev.bytes_acked),
             orphan: ev.key.facts & fact::ORPHAN != 0,
@@ -217,6 +271,20 @@ impl Decoder {
             owner: known.then(|| Process::from_owner(&ev.owner)),
             monotonic_ns: ev.ts_ns,
             reset: linker.find(ev.skaddr, ev.ts_ns),
+        }
+    }
+}
+
+impl Decoder {
+    /// A record decoded in full, its socket error linked to the reset before it.
+    pub fn observation(&self, record: Record, linker: &mut Linker) -> Observation {
+        match record {
+            Record::Reset(ev) => {
+                let reset = self.decode(&ev);
+                linker.remember(&reset);
+                Observation::Reset(Box::new(reset))
+            }
+            Record::SocketError(ev) => Observation::SocketError(self.decode_error(&ev, linker)),
         }
     }
 }
@@ -335,6 +403,58 @@ pub fn comm_text(raw: &[u8; 16]) -> String {
     String::from_utf8_lossy(&raw[..end]).into_owned()
 }
 
+/// The ring buffer, read through the false-receive filter when the kernel wakes us and on a
+/// short tick.
+struct Drain {
+    ring: AsyncFd<RingBuf<MapData>>,
+    filter: FalseReceiveFilter,
+    tick: tokio::time::Interval,
+    /// The filter's output, handed on at once: a storm's drain never piles up here.
+    ready: Vec<Record>,
+}
+
+impl Drain {
+    fn new(ring: RingBuf<MapData>) -> anyhow::Result<Drain> {
+        // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open for as long as it is registered.
+        let ring = unsafe { AsyncFd::register(ring) }
+            .map_err(|err| anyhow::anyhow!("polling the event ring buffer: {err}"))?;
+        Ok(Drain {
+            ring,
+            filter: FalseReceiveFilter::new(),
+            tick: tokio::time::interval(Duration::from_millis(25)),
+            ready: Vec::new(),
+        })
+    }
+
+    /// Wait for a wakeup or the tick, then hand every record now known to be real to `each`, in
+    /// order. Returns how many records did not decode.
+    async fn next(&mut self, mut each: impl FnMut(Record) -> anyhow::Result<()>) -> anyhow::Result<u64> {
+        let Drain {
+            ring,
+            filter,
+            tick,
+            ready,
+        } = self;
+        // The programs write without waking us (BPF_RB_NO_WAKEUP): one wakeup per record cost the
+        // daemon and the storming task a context switch each. Drain on the tick instead; a wakeup
+        // still arrives if the kernel decides to send one.
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("waiting for events")?;
+                let decode_errors = drain(guard.get_inner_mut(), filter, ready, &mut each)?;
+                guard.clear_ready();
+                Ok(decode_errors)
+            }
+            _ = tick.tick() => {
+                let decode_errors = drain(ring.get_mut(), filter, ready, &mut each)?;
+                filter.release_older_than(monotonic_ns(), ready);
+                ready.drain(..).try_for_each(&mut each)?;
+                Ok(decode_errors)
+            }
+        }
+    }
+}
+
 /// Drain the ring buffer as events arrive, hand each batch of real resets to `sink` (with the
 /// number of records that did not decode), and release held events on a short tick.
 pub async fn read_events(
@@ -342,45 +462,28 @@ pub async fn read_events(
     decoder: Decoder,
     mut sink: impl FnMut(Vec<Observation>, u64) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open for as long as it is registered.
-    let mut ring = unsafe { AsyncFd::register(ring) }
-        .map_err(|err| anyhow::anyhow!("polling the event ring buffer: {err}"))?;
-    let mut filter = FalseReceiveFilter::new();
+    let mut drain = Drain::new(ring)?;
     let mut linker = Linker::new();
     let mut pairer = Pairer::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(25));
-    let mut ready = Vec::new();
     loop {
-        let mut decode_errors = 0u64;
-        // The programs write without waking us (BPF_RB_NO_WAKEUP): one wakeup per record cost the
-        // daemon and the storming task a context switch each. Drain on the tick instead; a wakeup
-        // still arrives if the kernel decides to send one.
-        tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard.context("waiting for events")?;
-                decode_errors += drain(guard.get_inner_mut(), &mut filter, &mut ready);
-                guard.clear_ready();
-            }
-            _ = tick.tick() => {
-                decode_errors += drain(ring.get_mut(), &mut filter, &mut ready);
-                filter.release_older_than(monotonic_ns(), &mut ready);
-            }
-        }
-        let now = monotonic_ns();
+        // One read time for a whole drain (taken at its first record), as `Pairer::push` wants.
+        let mut read_at = None;
+        let decode_errors = drain
+            .next(|record| {
+                let observation = decoder.observation(record, &mut linker);
+                pairer.push(observation, *read_at.get_or_insert_with(monotonic_ns));
+                Ok(())
+            })
+            .await?;
+        let now = read_at.unwrap_or_else(monotonic_ns);
         let mut observations = Vec::new();
-        for record in ready.drain(..) {
-            let observation = match record {
-                Record::Reset(ev) => {
-                    let reset = decoder.decode(&ev);
-                    linker.remember(&reset);
-                    Observation::Reset(reset)
-                }
-                Record::SocketError(ev) => Observation::SocketError(decoder.decode_error(&ev, &linker)),
-            };
-            pairer.push(observation, now);
-        }
         // Paired resets go out now, unpaired ones once their wait is over (on a later tick).
         pairer.release(now, &mut observations);
+        if pairer.shrink_when_empty() {
+            // The burst's events are freed by now (or on their way out); give their pages back.
+            // SAFETY: glibc's malloc_trim only releases free heap pages.
+            unsafe { libc::malloc_trim(0) };
+        }
         if observations.is_empty() && decode_errors == 0 {
             continue;
         }
@@ -388,16 +491,57 @@ pub async fn read_events(
     }
 }
 
-/// Everything in the ring buffer now; returns how many records did not decode.
-fn drain(ring: &mut RingBuf<MapData>, filter: &mut FalseReceiveFilter, ready: &mut Vec<Record>) -> u64 {
+/// What the metrics need of a daemon that writes no events: each reset's `Timing`, handed to
+/// `sink` in batches (with the number of records that did not decode). No owner, no strings, no
+/// pairing: in a storm this is the daemon's work for each reset of the event budget.
+pub async fn read_timings(
+    ring: RingBuf<MapData>,
+    decoder: Decoder,
+    mut sink: impl FnMut(&[Timing], u64) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    /// Enough to make a batch worth its lock, small enough to stay in the cache.
+    const BATCH: usize = 256;
+    let mut drain = Drain::new(ring)?;
+    let mut timings = Vec::with_capacity(BATCH);
+    loop {
+        let decode_errors = drain
+            .next(|record| {
+                if let Record::Reset(ev) = record {
+                    timings.push(decoder.timing(&ev));
+                    if timings.len() == BATCH {
+                        sink(&timings, 0)?;
+                        timings.clear();
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        if !timings.is_empty() || decode_errors > 0 {
+            sink(&timings, decode_errors)?;
+            timings.clear();
+        }
+    }
+}
+
+/// Everything in the ring buffer now, through the filter to `each`; returns how many records did
+/// not decode.
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    filter: &mut FalseReceiveFilter,
+    ready: &mut Vec<Record>,
+    each: &mut impl FnMut(Record) -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
     let mut decode_errors = 0;
     while let Some(item) = ring.next() {
         match from_bytes(&item) {
-            Some(ev) => filter.push(ev, ready),
+            Some(ev) => {
+                filter.push(ev, ready);
+                ready.drain(..).try_for_each(&mut *each)?;
+            }
             None => decode_errors += 1,
         }
     }
-    decode_errors
+    Ok(decode_errors)
 }
 
 /// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
