@@ -19,7 +19,7 @@ pub struct Classifier {
 
 impl Classifier {
     pub fn facts(&self, key: &CountKey) -> ResetFacts {
-        ResetFacts::from_key(key, |value| self.reason_names.get(&value).cloned())
+        ResetFacts::from_key(key, |value| self.reason_names.get(&value).map(String::as_str))
     }
 }
 
@@ -88,14 +88,14 @@ pub struct ResetFacts {
 }
 
 impl ResetFacts {
-    pub fn from_key(key: &CountKey, reason_name: impl Fn(u16) -> Option<String>) -> ResetFacts {
+    pub fn from_key<'a>(key: &CountKey, reason_name: impl Fn(u16) -> Option<&'a str>) -> ResetFacts {
         let direction = if key.direction == DIRECTION_SENT {
             Direction::Sent
         } else {
             Direction::Received
         };
         let reason = (key.reason != REASON_NONE)
-            .then(|| reason_name(key.reason).map_or(RstReason::Other, |name| RstReason::from_name(&name)));
+            .then(|| reason_name(key.reason).map_or(RstReason::Other, RstReason::from_name));
         ResetFacts {
             direction,
             reason,

@@ -178,43 +178,62 @@ pub async fn run(options: RunOptions, loader: aya::EbpfLoader<'static>) -> anyho
     let clock = WallClock::now();
     let mut limiter = RateLimiter::new(options.events_per_cause_per_second);
     let reader_shared = shared.clone();
-    let reader = tokio::spawn(enrich::read_events(
-        ring,
-        decoder,
-        move |observations: Vec<Observation>, decode_errors| {
-            let counters = reader_shared.lock()?;
-            if decode_errors > 0 {
-                warn!("{decode_errors} malformed event records (daemon and eBPF object out of step?)");
-                counters.metrics.count_decode_errors(decode_errors);
-            }
-            for observation in &observations {
-                let (cause, monotonic_ns) = match observation {
-                    Observation::Reset(reset) => {
-                        log::debug!("{reset}");
-                        counters.metrics.observe(reset);
-                        (reset.cause, reset.monotonic_ns)
-                    }
-                    // An application error shares the budget of the reset that caused it.
-                    Observation::SocketError(error) => (
-                        error.reset.map_or(Cause::Other, |(_, cause, _)| cause),
-                        error.monotonic_ns,
-                    ),
-                };
-                if let Some(writer) = event_writer.as_mut() {
-                    if limiter.allow(cause, monotonic_ns) {
-                        writeln!(writer, "{}", output::json_line(observation, &clock))
-                            .context("writing an event")?;
-                    } else {
-                        counters.metrics.count_rate_limited(cause);
+    let count_decode_errors = |counters: &Counters, decode_errors: u64| {
+        if decode_errors > 0 {
+            warn!("{decode_errors} malformed event records (daemon and eBPF object out of step?)");
+            counters.metrics.count_decode_errors(decode_errors);
+        }
+    };
+    // Without --events (or debug logging) only the histograms need the events: they skip the
+    // decoding of owners and addresses and the pairing of both ends, which were most of the
+    // daemon's CPU in a reset storm.
+    let reader = if event_writer.is_none() && !log::log_enabled!(log::Level::Debug) {
+        tokio::spawn(enrich::read_timings(
+            ring,
+            decoder,
+            move |timings, decode_errors| {
+                let counters = reader_shared.lock()?;
+                count_decode_errors(&counters, decode_errors);
+                timings.iter().for_each(|timing| counters.metrics.observe(timing));
+                Ok(())
+            },
+        ))
+    } else {
+        tokio::spawn(enrich::read_events(
+            ring,
+            decoder,
+            move |observations: Vec<Observation>, decode_errors| {
+                let counters = reader_shared.lock()?;
+                count_decode_errors(&counters, decode_errors);
+                for observation in &observations {
+                    let (cause, monotonic_ns) = match observation {
+                        Observation::Reset(reset) => {
+                            log::debug!("{reset}");
+                            counters.metrics.observe(&reset.timing());
+                            (reset.cause, reset.monotonic_ns)
+                        }
+                        // An application error shares the budget of the reset that caused it.
+                        Observation::SocketError(error) => (
+                            error.reset.map_or(Cause::Other, |(_, cause, _)| cause),
+                            error.monotonic_ns,
+                        ),
+                    };
+                    if let Some(writer) = event_writer.as_mut() {
+                        if limiter.allow(cause, monotonic_ns) {
+                            writeln!(writer, "{}", output::json_line(observation, &clock))
+                                .context("writing an event")?;
+                        } else {
+                            counters.metrics.count_rate_limited(cause);
+                        }
                     }
                 }
-            }
-            if let Some(writer) = event_writer.as_mut() {
-                writer.flush().context("writing events")?;
-            }
-            Ok(())
-        },
-    ));
+                if let Some(writer) = event_writer.as_mut() {
+                    writer.flush().context("writing events")?;
+                }
+                Ok(())
+            },
+        ))
+    };
 
     tokio::select! {
         _ = terminate.recv() => info!("SIGTERM: detaching and exiting"),

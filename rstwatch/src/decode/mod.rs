@@ -8,8 +8,10 @@ use std::{
     time::Duration,
 };
 
+use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use rstwatch_common::{EVENT_RESET, EVENT_SOCKET_ERROR, ResetEvent, SocketErrorEvent, event_flag};
+use tokio::io::unix::AsyncFd;
 
 pub fn errno_name(errno: u16) -> &'static str {
     match errno as i32 {
@@ -96,16 +98,77 @@ pub fn comm_text(raw: &[u8; 16]) -> String {
     String::from_utf8_lossy(&raw[..end]).into_owned()
 }
 
-/// Everything in the ring buffer now; returns how many records did not decode.
-pub fn drain(ring: &mut RingBuf<MapData>, filter: &mut FalseReceiveFilter, ready: &mut Vec<Record>) -> u64 {
+/// The ring buffer, read through the false-receive filter when the kernel wakes us and on a
+/// short tick.
+pub struct Drain {
+    ring: AsyncFd<RingBuf<MapData>>,
+    filter: FalseReceiveFilter,
+    tick: tokio::time::Interval,
+    /// The filter's output, handed on at once: a storm's drain never piles up here.
+    ready: Vec<Record>,
+}
+
+impl Drain {
+    pub fn new(ring: RingBuf<MapData>) -> anyhow::Result<Drain> {
+        // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open for as long as it is registered.
+        let ring = unsafe { AsyncFd::register(ring) }
+            .map_err(|err| anyhow::anyhow!("polling the event ring buffer: {err}"))?;
+        Ok(Drain {
+            ring,
+            filter: FalseReceiveFilter::new(),
+            tick: tokio::time::interval(Duration::from_millis(25)),
+            ready: Vec::new(),
+        })
+    }
+
+    /// Wait for a wakeup or the tick, then hand every record now known to be real to `each`, in
+    /// order. Returns how many records did not decode.
+    pub async fn next(&mut self, mut each: impl FnMut(Record) -> anyhow::Result<()>) -> anyhow::Result<u64> {
+        let Drain {
+            ring,
+            filter,
+            tick,
+            ready,
+        } = self;
+        // The programs write without waking us (BPF_RB_NO_WAKEUP): one wakeup per record cost the
+        // daemon and the storming task a context switch each. Drain on the tick instead; a wakeup
+        // still arrives if the kernel decides to send one.
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("waiting for events")?;
+                let decode_errors = drain(guard.get_inner_mut(), filter, ready, &mut each)?;
+                guard.clear_ready();
+                Ok(decode_errors)
+            }
+            _ = tick.tick() => {
+                let decode_errors = drain(ring.get_mut(), filter, ready, &mut each)?;
+                filter.release_older_than(monotonic_ns(), ready);
+                ready.drain(..).try_for_each(&mut each)?;
+                Ok(decode_errors)
+            }
+        }
+    }
+}
+
+/// Everything in the ring buffer now, through the filter to `each`; returns how many records did
+/// not decode.
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    filter: &mut FalseReceiveFilter,
+    ready: &mut Vec<Record>,
+    each: &mut impl FnMut(Record) -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
     let mut decode_errors = 0;
     while let Some(item) = ring.next() {
         match from_bytes(&item) {
-            Some(ev) => filter.push(ev, ready),
+            Some(ev) => {
+                filter.push(ev, ready);
+                ready.drain(..).try_for_each(&mut *each)?;
+            }
             None => decode_errors += 1,
         }
     }
-    decode_errors
+    Ok(decode_errors)
 }
 
 /// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.

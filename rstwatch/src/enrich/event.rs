@@ -21,7 +21,7 @@ use crate::{
         causes::{Cause, Direction},
         classify, state_label,
     },
-    decode::{comm_text, jiffies_to_duration, later, socket_addr},
+    decode::{Record, comm_text, jiffies_to_duration, later, socket_addr},
     enrich::{
         attribution::{Attribution, Workload},
         pairing::PeerEnd,
@@ -108,10 +108,11 @@ pub struct SocketError {
     pub reset: Option<(Direction, Cause, u64)>,
 }
 
-/// What the ring buffer delivers, decoded.
+/// What the ring buffer delivers, decoded. A `Reset` is boxed: it is ten times the size of a
+/// `SocketError`, and observations move through the pairing queue by value.
 #[derive(Clone, Debug)]
 pub enum Observation {
-    Reset(Reset),
+    Reset(Box<Reset>),
     SocketError(SocketError),
 }
 
@@ -158,14 +159,68 @@ pub struct Decoder {
     pub attribution: Option<Arc<Attribution>>,
 }
 
+/// What the metrics need of a reset: the histograms' labels and durations.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Timing {
+    pub direction: Direction,
+    pub cause: Cause,
+    pub idle: Option<Duration>,
+    pub age: Option<Duration>,
+}
+
+impl Reset {
+    pub fn timing(&self) -> Timing {
+        Timing {
+            direction: self.direction,
+            cause: self.cause,
+            idle: self.idle,
+            age: self.age,
+        }
+    }
+}
+
+/// A reset's age, idle time and time since its last send, from the event's clocks.
+struct Durations {
+    age: Option<Duration>,
+    idle: Option<Duration>,
+    since_last_send: Option<Duration>,
+}
+
 impl Decoder {
-    pub fn decode(&self, ev: &ResetEvent) -> Reset {
-        let facts = self.classifier.facts(&ev.key);
+    fn durations(&self, ev: &ResetEvent) -> Durations {
         let full = ev.key.facts & fact::FULL_SOCKET != 0;
         let jiffies = |stamp: u32| {
             (full && stamp != 0).then(|| jiffies_to_duration(ev.now_jiffies.wrapping_sub(stamp), self.hz))
         };
-        let last_receive = later(ev.rcv_tstamp, ev.lrcvtime);
+        Durations {
+            age: (ev.flags & event_flag::BIRTH_KNOWN != 0)
+                .then(|| Duration::from_nanos(ev.ts_ns.saturating_sub(ev.birth_ns))),
+            idle: jiffies(later(ev.rcv_tstamp, ev.lrcvtime)),
+            since_last_send: jiffies(ev.lsndtime),
+        }
+    }
+
+    /// Only what the metrics need: no strings, no owner, no pairing (a daemon that writes no
+    /// events decodes every reset of a storm's event budget this way).
+    pub fn timing(&self, ev: &ResetEvent) -> Timing {
+        let facts = self.classifier.facts(&ev.key);
+        let Durations { age, idle, .. } = self.durations(ev);
+        Timing {
+            direction: facts.direction,
+            cause: classify(&facts),
+            idle,
+            age,
+        }
+    }
+
+    pub fn decode(&self, ev: &ResetEvent) -> Reset {
+        let facts = self.classifier.facts(&ev.key);
+        let full = ev.key.facts & fact::FULL_SOCKET != 0;
+        let Durations {
+            age,
+            idle,
+            since_last_send,
+        } = self.durations(ev);
         Reset {
             direction: facts.direction,
             cause: classify(&facts),
@@ -188,10 +243,9 @@ impl Decoder {
                 thread: comm_text(&ev.comm),
                 cgroup_id: 0,
             },
-            age: (ev.flags & event_flag::BIRTH_KNOWN != 0)
-                .then(|| Duration::from_nanos(ev.ts_ns.saturating_sub(ev.birth_ns))),
-            idle: jiffies(last_receive),
-            since_last_send: jiffies(ev.lsndtime),
+            age,
+            idle,
+            since_last_send,
             bytes_received: full.then_some(ev.bytes_received),
             bytes_acked: full.then_some(ev.bytes_acked),
             orphan: ev.key.facts & fact::ORPHAN != 0,
@@ -215,6 +269,20 @@ impl Decoder {
             owner: known.then(|| Process::from_owner(&ev.owner)),
             monotonic_ns: ev.ts_ns,
             reset: linker.find(ev.skaddr, ev.ts_ns),
+        }
+    }
+}
+
+impl Decoder {
+    /// A record decoded in full, its socket error linked to the reset before it.
+    pub fn observation(&self, record: Record, linker: &mut Linker) -> Observation {
+        match record {
+            Record::Reset(ev) => {
+                let reset = self.decode(&ev);
+                linker.remember(&reset);
+                Observation::Reset(Box::new(reset))
+            }
+            Record::SocketError(ev) => Observation::SocketError(self.decode_error(&ev, linker)),
         }
     }
 }

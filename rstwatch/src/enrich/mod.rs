@@ -6,16 +6,12 @@ pub mod attribution;
 pub mod event;
 pub mod pairing;
 
-use std::time::Duration;
-
-use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use tokio::io::unix::AsyncFd;
 
 use crate::{
-    decode::{FalseReceiveFilter, Record, drain, monotonic_ns},
+    decode::{Drain, Record, monotonic_ns},
     enrich::{
-        event::{Decoder, Linker, Observation},
+        event::{Decoder, Linker, Observation, Timing},
         pairing::Pairer,
     },
 };
@@ -27,48 +23,63 @@ pub async fn read_events(
     decoder: Decoder,
     mut sink: impl FnMut(Vec<Observation>, u64) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open for as long as it is registered.
-    let mut ring = unsafe { AsyncFd::register(ring) }
-        .map_err(|err| anyhow::anyhow!("polling the event ring buffer: {err}"))?;
-    let mut filter = FalseReceiveFilter::new();
+    let mut drain = Drain::new(ring)?;
     let mut linker = Linker::new();
     let mut pairer = Pairer::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(25));
-    let mut ready = Vec::new();
     loop {
-        let mut decode_errors = 0u64;
-        // The programs write without waking us (BPF_RB_NO_WAKEUP): one wakeup per record cost the
-        // daemon and the storming task a context switch each. Drain on the tick instead; a wakeup
-        // still arrives if the kernel decides to send one.
-        tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard.context("waiting for events")?;
-                decode_errors += drain(guard.get_inner_mut(), &mut filter, &mut ready);
-                guard.clear_ready();
-            }
-            _ = tick.tick() => {
-                decode_errors += drain(ring.get_mut(), &mut filter, &mut ready);
-                filter.release_older_than(monotonic_ns(), &mut ready);
-            }
-        }
-        let now = monotonic_ns();
+        // One read time for a whole drain (taken at its first record), as `Pairer::push` wants.
+        let mut read_at = None;
+        let decode_errors = drain
+            .next(|record| {
+                let observation = decoder.observation(record, &mut linker);
+                pairer.push(observation, *read_at.get_or_insert_with(monotonic_ns));
+                Ok(())
+            })
+            .await?;
+        let now = read_at.unwrap_or_else(monotonic_ns);
         let mut observations = Vec::new();
-        for record in ready.drain(..) {
-            let observation = match record {
-                Record::Reset(ev) => {
-                    let reset = decoder.decode(&ev);
-                    linker.remember(&reset);
-                    Observation::Reset(reset)
-                }
-                Record::SocketError(ev) => Observation::SocketError(decoder.decode_error(&ev, &linker)),
-            };
-            pairer.push(observation, now);
-        }
         // Paired resets go out now, unpaired ones once their wait is over (on a later tick).
         pairer.release(now, &mut observations);
+        if pairer.shrink_when_empty() {
+            // The burst's events are freed by now (or on their way out); give their pages back.
+            // SAFETY: glibc's malloc_trim only releases free heap pages.
+            unsafe { libc::malloc_trim(0) };
+        }
         if observations.is_empty() && decode_errors == 0 {
             continue;
         }
         sink(observations, decode_errors)?;
+    }
+}
+
+/// What the metrics need of a daemon that writes no events: each reset's `Timing`, handed to
+/// `sink` in batches (with the number of records that did not decode). No owner, no strings, no
+/// pairing: in a storm this is the daemon's work for each reset of the event budget.
+pub async fn read_timings(
+    ring: RingBuf<MapData>,
+    decoder: Decoder,
+    mut sink: impl FnMut(&[Timing], u64) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    /// Enough to make a batch worth its lock, small enough to stay in the cache.
+    const BATCH: usize = 256;
+    let mut drain = Drain::new(ring)?;
+    let mut timings = Vec::with_capacity(BATCH);
+    loop {
+        let decode_errors = drain
+            .next(|record| {
+                if let Record::Reset(ev) = record {
+                    timings.push(decoder.timing(&ev));
+                    if timings.len() == BATCH {
+                        sink(&timings, 0)?;
+                        timings.clear();
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        if !timings.is_empty() || decode_errors > 0 {
+            sink(&timings, decode_errors)?;
+            timings.clear();
+        }
     }
 }

@@ -163,6 +163,18 @@ impl Pairer {
         }
     }
 
+    /// Once a burst has gone out: give back the room it took (a storm fills the queue to
+    /// `MAX_HELD`). Not for an ordinary drain's worth, so a steady stream does not pay for it
+    /// every tick. True if there was room to give back.
+    pub fn shrink_when_empty(&mut self) -> bool {
+        if !self.held.is_empty() || self.held.capacity() <= 1024 {
+            return false;
+        }
+        self.held.shrink_to(0);
+        self.waiting.shrink_to(0);
+        true
+    }
+
     /// Find `reset`'s partner among the held resets (both learn of each other) or the recently
     /// released ones (only `reset` learns). True if it found one that is still held.
     fn pair(&mut self, reset: &mut Reset) -> bool {

@@ -9,7 +9,7 @@ use prometheus::{
 
 use crate::{
     classify::causes::{CAUSES, Cause, Direction},
-    enrich::event::Reset,
+    enrich::event::Timing,
     export::counts::{ErrorLabels, LOST_STAGES, OTHER, Overflow, PROBE_SKIPPED, SeriesLabels},
 };
 
@@ -342,7 +342,7 @@ impl Metrics {
         self.rate_limited.with_label_values(&[cause.label()]).inc();
     }
 
-    pub fn observe(&self, reset: &Reset) {
+    pub fn observe(&self, reset: &Timing) {
         let labels = [reset.direction.label(), reset.cause.label()];
         if let Some(idle) = reset.idle {
             self.idle.with_label_values(&labels).observe(idle.as_secs_f64());

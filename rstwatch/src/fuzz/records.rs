@@ -110,7 +110,7 @@ proptest! {
         let reset = decoder.decode(&ev);
         prop_assert_eq!(reset.service_port, ev.key.port);
         let mut limiter = RateLimiter::new(3);
-        check_observation(&Observation::Reset(reset), &WallClock::now(), &mut limiter);
+        check_observation(&Observation::Reset(Box::new(reset)), &WallClock::now(), &mut limiter);
     }
 
     #[test]
@@ -158,15 +158,7 @@ proptest! {
         // Any read time that has a HOLD_NS after it.
         let read_ns = now_ns / 2;
         for record in ready.drain(..) {
-            let observation = match record {
-                Record::Reset(ev) => {
-                    let reset = decoder.decode(&ev);
-                    linker.remember(&reset);
-                    Observation::Reset(reset)
-                }
-                Record::SocketError(ev) => Observation::SocketError(decoder.decode_error(&ev, &linker)),
-            };
-            pairer.push(observation, read_ns);
+            pairer.push(decoder.observation(record, &mut linker), read_ns);
         }
         let mut out = Vec::new();
         pairer.release(read_ns, &mut out);
@@ -193,7 +185,7 @@ fn extreme_timestamps_format() {
         ev.lsndtime = 1;
         let reset = decoder.decode(&ev);
         check_observation(
-            &Observation::Reset(reset),
+            &Observation::Reset(Box::new(reset)),
             &WallClock::now(),
             &mut RateLimiter::new(1),
         );

@@ -49,6 +49,25 @@ pub struct Probes {
     pub programs: Vec<AttachedProgram>,
 }
 
+/// The eBPF object, embedded in the binary's read-only data (about 1 MB).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rstwatch"));
+
+/// The object is read once, at load (aya copies what it keeps). Unmap its pages from this process
+/// so they do not stay in its RSS for its whole life (issue 12: steady RSS ≤ 12 MB); they are
+/// clean pages of the executable, still in the page cache, and read back from it should anything
+/// touch them again.
+fn unmap_object() {
+    let page = 4096;
+    let start = OBJECT.as_ptr() as usize;
+    let first = start.next_multiple_of(page);
+    let end = (start + OBJECT.len()) / page * page;
+    if end > first {
+        // SAFETY: whole pages inside a read-only static, never written: MADV_DONTNEED only drops
+        // this process's mappings of them, and a later read faults the same bytes back in.
+        unsafe { libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_DONTNEED) };
+    }
+}
+
 /// aya's loader. `EbpfLoader::new` parses the whole kernel BTF (~19 MB while it parses 6.18's
 /// 5.5 MB), the daemon's peak memory: `main` calls this before anything else of size is in memory. The
 /// parse is dropped at once: the programs have no CO-RE relocations, and `load_and_attach` gives
@@ -95,7 +114,7 @@ pub fn load_and_attach(
                 layout.config.max_ports
             },
         )
-        .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rstwatch")))
+        .load(OBJECT)
         .map_err(|err| {
             let err = anyhow::Error::new(err).context("loading the eBPF programs into the kernel");
             explain_enosys(explain_eperm(
@@ -104,6 +123,7 @@ pub fn load_and_attach(
                 &[CAP_BPF, CAP_PERFMON],
             ))
         })?;
+    unmap_object();
 
     let mut status: Vec<(&'static str, ProbeStatus)> = Vec::new();
     let mut programs = Vec::new();
@@ -354,9 +374,7 @@ mod tests {
     /// map they name is in the object this binary embeds.
     #[test]
     fn the_ebpf_object_has_every_program_and_map_the_tables_name() {
-        let object =
-            aya_obj::Object::parse(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rstwatch")))
-                .expect("the embedded eBPF object parses");
+        let object = aya_obj::Object::parse(super::OBJECT).expect("the embedded eBPF object parses");
         for probe in PROBES {
             let mut programs = vec![probe.program];
             if let Attach::Tracepoint { btf_program, .. } = probe.attach {

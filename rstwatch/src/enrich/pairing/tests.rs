@@ -59,7 +59,7 @@ fn who_is_socket(cause: Cause) -> bool {
 fn resets(out: &[Observation]) -> Vec<&Reset> {
     out.iter()
         .filter_map(|o| match o {
-            Observation::Reset(r) => Some(r),
+            Observation::Reset(r) => Some(&**r),
             Observation::SocketError(_) => None,
         })
         .collect()
@@ -87,11 +87,11 @@ fn an_active_reset_pairs_received_first_and_both_learn_the_other_end() {
         1_010,
         Some(owner("nginx", 812)),
     );
-    pairer.push(Observation::Reset(rx), 1_000);
+    pairer.push(Observation::Reset(Box::new(rx)), 1_000);
     pairer.release(1_000, &mut out);
     assert!(out.is_empty(), "the received reset waits for its partner");
     // The next drain of the ring buffer has the sent one.
-    pairer.push(Observation::Reset(tx), 25 * MS);
+    pairer.push(Observation::Reset(Box::new(tx)), 25 * MS);
     pairer.release(25 * MS, &mut out);
     let got = resets(&out);
     assert_eq!(got.len(), 2);
@@ -133,8 +133,8 @@ fn a_passive_reset_pairs_sent_first() {
         5 * MS + 3,
         Some(owner("curl", 9)),
     );
-    pairer.push(Observation::Reset(tx), 6 * MS);
-    pairer.push(Observation::Reset(rx), 6 * MS);
+    pairer.push(Observation::Reset(Box::new(tx)), 6 * MS);
+    pairer.push(Observation::Reset(Box::new(rx)), 6 * MS);
     pairer.release(6 * MS, &mut out);
     let got = resets(&out);
     assert_eq!(got.len(), 2);
@@ -157,7 +157,7 @@ fn a_remote_peer_waits_at_most_the_hold_and_a_late_partner_still_learns() {
         MS,
         Some(owner("java", 7)),
     );
-    pairer.push(Observation::Reset(rx), MS);
+    pairer.push(Observation::Reset(Box::new(rx)), MS);
     let error = SocketError {
         errno: 104,
         service_port: 443,
@@ -185,7 +185,7 @@ fn a_remote_peer_waits_at_most_the_hold_and_a_late_partner_still_learns() {
         MS + 2 * MS,
         None,
     );
-    pairer.push(Observation::Reset(tx), MS + HOLD_NS);
+    pairer.push(Observation::Reset(Box::new(tx)), MS + HOLD_NS);
     pairer.release(MS + HOLD_NS, &mut out);
     assert_eq!(
         resets(&out)[0].peer.as_ref().map(|p| p.cause),
@@ -213,8 +213,8 @@ fn a_reused_four_tuple_far_apart_is_not_a_pair_and_a_storm_is_bounded() {
         MS + PAIR_WINDOW_NS + 1,
         None,
     );
-    pairer.push(Observation::Reset(rx), MS);
-    pairer.push(Observation::Reset(tx), MS);
+    pairer.push(Observation::Reset(Box::new(rx)), MS);
+    pairer.push(Observation::Reset(Box::new(tx)), MS);
     pairer.release(u64::MAX / 2, &mut out);
     assert!(resets(&out).iter().all(|r| r.peer.is_none()));
 
@@ -229,8 +229,31 @@ fn a_reused_four_tuple_far_apart_is_not_a_pair_and_a_storm_is_bounded() {
             10 * MS,
             None,
         );
-        pairer.push(Observation::Reset(rx), 10 * MS);
+        pairer.push(Observation::Reset(Box::new(rx)), 10 * MS);
     }
     pairer.release(10 * MS, &mut out);
     assert_eq!(out.len(), 10, "never more than MAX_HELD wait");
+}
+
+#[test]
+fn a_burst_gives_its_room_back_once_it_has_gone_out() {
+    let mut pairer = Pairer::new();
+    let mut out = Vec::new();
+    for i in 0..MAX_HELD as u64 {
+        let local = format!("127.0.0.1:{}", 1000 + i);
+        let rx = reset(
+            Direction::Received,
+            Cause::PeerReset,
+            &local,
+            "10.9.9.9:80",
+            MS,
+            None,
+        );
+        pairer.push(Observation::Reset(Box::new(rx)), MS);
+    }
+    assert!(!pairer.shrink_when_empty(), "the burst still waits");
+    pairer.release(MS + HOLD_NS, &mut out);
+    assert_eq!(out.len(), MAX_HELD, "everything went out, unpaired");
+    assert!(pairer.shrink_when_empty());
+    assert!(!pairer.shrink_when_empty(), "nothing left to give back");
 }
