@@ -172,15 +172,20 @@ const SAME_PATH_NS: u64 = 1_000_000;
 
 #[inline(always)]
 pub fn count(key: &mut CountKey) {
-    let counted = with_port_cap(key, |key| {
-        if bump(&COUNTS, key, 1) {
-            return true;
-        }
-        // Full (a flood of distinct owners fills it): keep the count exact by cause, and the
-        // owner, at the cost of the port; failing that, of the owner too.
-        bump_lost(lost::COUNT_MAP_FULL);
-        without_port(key, |key| bump(&COUNTS_OTHER, key, 1))
-    });
+    // Inlined like everything else: LLVM outlines this closure into a BPF-to-BPF call otherwise.
+    let counted = with_port_cap(
+        key,
+        #[inline(always)]
+        |key| {
+            if bump(&COUNTS, key, 1) {
+                return true;
+            }
+            // Full (a flood of distinct owners fills it): keep the count exact by cause, and the
+            // owner, at the cost of the port; failing that, of the owner too.
+            bump_lost(lost::COUNT_MAP_FULL);
+            without_port(key, |key| bump(&COUNTS_OTHER, key, 1))
+        },
+    );
     if !counted {
         bump_lost(lost::COUNT_UNRECORDED);
     }
@@ -246,11 +251,16 @@ fn without_port(key: &mut CountKey, f: impl Fn(&CountKey) -> bool) -> bool {
     key.port = 0;
     let mut done = f(key);
     if !done {
-        let (comm, cgroup_id) = (key.comm, key.cgroup_id);
-        key.comm = [0; 16];
+        // Word by word (the key's comm is 4-byte aligned): a `[u8; 16]` copy is sixteen byte
+        // moves, and zeroing it a memset call.
+        let comm = key.comm.as_mut_ptr() as *mut u32;
+        let word = |i: usize| unsafe { core::ptr::read_volatile(comm.add(i)) };
+        let set = |i: usize, v: u32| unsafe { core::ptr::write_volatile(comm.add(i), v) };
+        let (saved, cgroup_id) = ([word(0), word(1), word(2), word(3)], key.cgroup_id);
+        (0..4).for_each(|i| set(i, 0));
         key.cgroup_id = 0;
         done = f(key);
-        key.comm = comm;
+        (0..4).for_each(|i| set(i, saved[i]));
         key.cgroup_id = cgroup_id;
     }
     key.port = port;

@@ -52,6 +52,16 @@ pub trait Kernel {
     fn timewait_sock(sk: u64) -> u64;
     /// The current task, as a pointer `read` can follow.
     fn current_task() -> u64;
+    /// An address (16 bytes, or the first 4 for IPv4) at `base + offset` into `dst`. A plain
+    /// `read::<[u8; 16]>` is sixteen byte loads and stores, with spills.
+    fn read_address(base: u64, offset: u16, dst: &mut [u8; 16], len: Address);
+}
+
+/// How much of an address to read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Address {
+    V4,
+    V6,
 }
 
 pub struct Btf;
@@ -78,6 +88,20 @@ impl Kernel for Btf {
     #[inline(always)]
     fn current_task() -> u64 {
         unsafe { bpf_get_current_task_btf() as u64 }
+    }
+
+    /// Word loads: the verifier allows any aligned access inside the address's byte array.
+    #[inline(always)]
+    fn read_address(base: u64, offset: u16, dst: &mut [u8; 16], len: Address) {
+        let dst = dst.as_mut_ptr();
+        unsafe {
+            if len == Address::V6 {
+                (dst as *mut u64).write_unaligned(Self::read::<u64>(base, offset));
+                (dst.add(8) as *mut u64).write_unaligned(Self::read::<u64>(base, offset + 8));
+            } else {
+                (dst as *mut u32).write_unaligned(Self::read::<u32>(base, offset));
+            }
+        }
     }
 }
 
@@ -111,6 +135,17 @@ impl Kernel for Probe {
     #[inline(always)]
     fn current_task() -> u64 {
         unsafe { bpf_get_current_task() }
+    }
+
+    /// One helper call, straight into the destination.
+    #[inline(always)]
+    fn read_address(base: u64, offset: u16, dst: &mut [u8; 16], len: Address) {
+        let addr = base + offset as u64;
+        if len == Address::V6 {
+            probe_into(dst, addr);
+        } else {
+            probe_into(dst.as_mut_ptr() as *mut [u8; 4], addr);
+        }
     }
 }
 

@@ -23,11 +23,13 @@ pub fn is_reset<K: Kernel>(skb: u64) -> bool {
 #[inline(always)]
 pub fn describe_trigger<K: Kernel>(ev: &mut ResetEvent, skb: u64, addresses: bool) {
     let data = K::read::<u64>(skb, conf!(skb_data));
-    let mut header = [0u64; 2];
-    if !probe_into(&mut header, data) {
+    // Uninitialised: the helper fills it (with zeros when it fails), and `[0; 2]` would be a
+    // call to a byte-loop memset.
+    let mut header = core::mem::MaybeUninit::<[u8; 16]>::uninit();
+    if !probe_into(header.as_mut_ptr(), data) {
         return;
     }
-    let tcp = unsafe { &*(header.as_ptr() as *const [u8; 16]) };
+    let tcp = unsafe { header.assume_init_ref() };
     let len = K::read::<u32>(skb, conf!(skb_len));
 
     let flags = tcp[13];

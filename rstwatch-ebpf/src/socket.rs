@@ -3,7 +3,7 @@
 
 use rstwatch_common::{AF_INET6, FlowKey, ResetEvent, event_flag, extra_fact, fact, tcp_state};
 
-use crate::read::{Kernel, conf};
+use crate::read::{Address, Kernel, conf};
 
 #[inline(always)]
 pub fn state<K: Kernel>(sk: u64) -> u8 {
@@ -30,11 +30,11 @@ pub fn addresses<K: Kernel>(ev: &mut ResetEvent, sk: u64) {
     ev.local_port = local_port::<K>(K::tcp_sock(sk));
     ev.remote_port = u16::from_be(K::read::<u16>(sk, conf!(sk_dport)));
     if ev.family == AF_INET6 {
-        ev.local_addr = K::read::<[u8; 16]>(sk, conf!(sk_v6_rcv_saddr));
-        ev.remote_addr = K::read::<[u8; 16]>(sk, conf!(sk_v6_daddr));
+        K::read_address(sk, conf!(sk_v6_rcv_saddr), &mut ev.local_addr, Address::V6);
+        K::read_address(sk, conf!(sk_v6_daddr), &mut ev.remote_addr, Address::V6);
     } else {
-        ev.local_addr[..4].copy_from_slice(&K::read::<[u8; 4]>(sk, conf!(sk_rcv_saddr)));
-        ev.remote_addr[..4].copy_from_slice(&K::read::<[u8; 4]>(sk, conf!(sk_daddr)));
+        K::read_address(sk, conf!(sk_rcv_saddr), &mut ev.local_addr, Address::V4);
+        K::read_address(sk, conf!(sk_daddr), &mut ev.remote_addr, Address::V4);
     }
 }
 
@@ -49,13 +49,11 @@ pub fn flow<K: Kernel>(sk: u64) -> FlowKey {
         ..FlowKey::default()
     };
     if family == AF_INET6 {
-        flow.local_addr = K::read::<[u8; 16]>(sk, conf!(sk_v6_rcv_saddr));
-        flow.remote_addr = K::read::<[u8; 16]>(sk, conf!(sk_v6_daddr));
+        K::read_address(sk, conf!(sk_v6_rcv_saddr), &mut flow.local_addr, Address::V6);
+        K::read_address(sk, conf!(sk_v6_daddr), &mut flow.remote_addr, Address::V6);
     } else {
-        let local = K::read::<[u8; 4]>(sk, conf!(sk_rcv_saddr));
-        let remote = K::read::<[u8; 4]>(sk, conf!(sk_daddr));
-        flow.local_addr[..4].copy_from_slice(&local);
-        flow.remote_addr[..4].copy_from_slice(&remote);
+        K::read_address(sk, conf!(sk_rcv_saddr), &mut flow.local_addr, Address::V4);
+        K::read_address(sk, conf!(sk_daddr), &mut flow.remote_addr, Address::V4);
     }
     flow
 }
