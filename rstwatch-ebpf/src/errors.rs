@@ -10,7 +10,8 @@ use rstwatch_common::{AF_INET, AF_INET6, EVENT_SOCKET_ERROR, ErrorKey, FlowKey, 
 
 use crate::{
     conn,
-    maps::{LAST_REJECT, REJECTED, count_error, emit_error, last_reset_on},
+    count::count_error,
+    maps::{LAST_REJECT, REJECTED, emit_error, last_reset_on},
     read::{Btf, Kernel, conf, probe, tp_field},
     socket,
 };

@@ -11,6 +11,7 @@
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 mod conn;
+mod count;
 mod errors;
 mod maps;
 mod read;

@@ -5,12 +5,11 @@
 
 use crate::{read::conf, words};
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use rstwatch_common::{
-    ConnInfo, CountKey, ErrorKey, FlowKey, ListenerKey, Owner, ResetEvent, SocketErrorEvent, extra_fact, lost,
+    ConnInfo, CountKey, ErrorKey, FlowKey, ListenerKey, Owner, ResetEvent, SocketErrorEvent, lost,
 };
 
 /// Exact reset counts by classifier inputs and service port; summed over CPUs in userspace.
@@ -24,11 +23,11 @@ pub static COUNTS: PerCpuHashMap<CountKey, u64> = PerCpuHashMap::with_max_entrie
 #[map]
 pub static PORT_LABELS: HashMap<u16, u8> = HashMap::with_max_entries(65536, 0);
 
-/// `port_labelled`'s answers, one bit per port: labelled in the first PORT_WORDS words, capped
+/// `count::port_labelled`'s answers, one bit per port: labelled in the first PORT_WORDS words, capped
 /// in the next PORT_WORDS.
 #[map]
-static PORT_ANSWERS: Array<u64> = Array::with_max_entries(2 * PORT_WORDS, 0);
-const PORT_WORDS: u32 = 65536 / 64;
+pub static PORT_ANSWERS: Array<u64> = Array::with_max_entries(2 * PORT_WORDS, 0);
+pub const PORT_WORDS: u32 = 65536 / 64;
 
 /// Where `count` puts a reset whose key no longer fits in COUNTS: the same key without port (one
 /// per set of classifier inputs and owner), or failing that without owner too (one per set of
@@ -45,7 +44,7 @@ pub static COUNTS_OTHER: PerCpuHashMap<CountKey, u64> = PerCpuHashMap::with_max_
 pub static CONN: LruHashMap<u64, ConnInfo> = LruHashMap::with_max_entries(65536, 0);
 
 /// The same memory for the tp_btf programs, keyed by socket cookie: a ring of the most recent
-/// connections in a plain array (see `conn::slot_index`). A hash map insert for every connection
+/// connections in a plain array (see `conn::ring::slot_index`). A hash map insert for every connection
 /// costs several times a whole program run; an array slot costs a few stores. Cookies are never
 /// reused, and a time-wait socket keeps its connection's cookie, so its owner is found there too.
 #[map]
@@ -170,121 +169,6 @@ pub struct LastReceive {
 /// softirq; anything older than this is a different story.
 const SAME_PATH_NS: u64 = 1_000_000;
 
-#[inline(always)]
-pub fn count(key: &mut CountKey) {
-    // Inlined like everything else: LLVM outlines this closure into a BPF-to-BPF call otherwise.
-    let counted = with_port_cap(
-        key,
-        #[inline(always)]
-        |key| {
-            if bump(&COUNTS, key, 1) {
-                return true;
-            }
-            // Full (a flood of distinct owners fills it): keep the count exact by cause, and the
-            // owner, at the cost of the port; failing that, of the owner too.
-            bump_lost(lost::COUNT_MAP_FULL);
-            without_port(key, |key| bump(&COUNTS_OTHER, key, 1))
-        },
-    );
-    if !counted {
-        bump_lost(lost::COUNT_UNRECORDED);
-    }
-}
-
-/// Take back one count for `key` on this CPU (the per-CPU slot may go below zero when summed
-/// alone; userspace only ever reads the sum over CPUs, which stays exact), wherever `count` put it.
-#[inline(always)]
-pub fn uncount(key: &mut CountKey) {
-    with_port_cap(key, |key| {
-        bump_existing(&COUNTS, key, u64::MAX)
-            || without_port(key, |key| bump_existing(&COUNTS_OTHER, key, u64::MAX))
-    });
-}
-
-/// Run `f` on the key as it is counted: with its port if that port has a label (or can get one),
-/// else as port 0 with PORT_CAPPED. The key is restored afterwards (the event keeps its port).
-#[inline(always)]
-fn with_port_cap(key: &mut CountKey, f: impl Fn(&mut CountKey) -> bool) -> bool {
-    let port = key.port;
-    let capped = port != 0 && conf!(max_ports) != 0 && !port_labelled(port);
-    if capped {
-        key.port = 0;
-        key.extra_facts |= extra_fact::PORT_CAPPED;
-    }
-    let done = f(key);
-    if capped {
-        key.port = port;
-        key.extra_facts &= !extra_fact::PORT_CAPPED;
-    }
-    done
-}
-
-/// The set only grows, so a port keeps its answer for good, and `PORT_ANSWERS` remembers it in a
-/// bit: one array load instead of a hash lookup for every reset. Two CPUs adding the same new
-/// port at once: the one that loses the race finds it on the second look.
-#[inline(always)]
-fn port_labelled(port: u16) -> bool {
-    let (word, bit) = ((port >> 6) as u32, 1u64 << (port & 63));
-    if PORT_ANSWERS.get(word).is_some_and(|w| w & bit != 0) {
-        return true;
-    }
-    if PORT_ANSWERS.get(PORT_WORDS + word).is_some_and(|w| w & bit != 0) {
-        return false;
-    }
-    let labelled = unsafe { PORT_LABELS.get(&port) }.is_some()
-        || PORT_LABELS.insert(&port, &1, BPF_NOEXIST as u64).is_ok()
-        || unsafe { PORT_LABELS.get(&port) }.is_some();
-    // Not atomic: a bit lost to a concurrent store on the same word costs a later hash lookup,
-    // never a wrong answer (PORT_LABELS stays the truth, and once full it never changes).
-    let index = if labelled { word } else { PORT_WORDS + word };
-    if let Some(answers) = PORT_ANSWERS.get_ptr_mut(index) {
-        unsafe { *answers |= bit };
-    }
-    labelled
-}
-
-/// Run `f` on the key without its port, then without port and owner, until it succeeds. The key
-/// is changed in place and restored: a copy would cost stack the reset programs do not have.
-#[inline(always)]
-fn without_port(key: &mut CountKey, f: impl Fn(&CountKey) -> bool) -> bool {
-    let port = key.port;
-    key.port = 0;
-    let mut done = f(key);
-    if !done {
-        // Word by word (the key's comm is 4-byte aligned): a `[u8; 16]` copy is sixteen byte
-        // moves, and zeroing it a memset call.
-        let comm = key.comm.as_mut_ptr() as *mut u32;
-        let word = |i: usize| unsafe { core::ptr::read_volatile(comm.add(i)) };
-        let set = |i: usize, v: u32| unsafe { core::ptr::write_volatile(comm.add(i), v) };
-        let (saved, cgroup_id) = ([word(0), word(1), word(2), word(3)], key.cgroup_id);
-        (0..4).for_each(|i| set(i, 0));
-        key.cgroup_id = 0;
-        done = f(key);
-        (0..4).for_each(|i| set(i, saved[i]));
-        key.cgroup_id = cgroup_id;
-    }
-    key.port = port;
-    done
-}
-
-/// Add `delta` (wrapping) to this CPU's slot of `key`, inserting it if new. A key another CPU
-/// inserted meanwhile is fine: BPF_ANY only sets this CPU's slot, which was 0.
-#[inline(always)]
-fn bump(map: &PerCpuHashMap<CountKey, u64>, key: &CountKey, delta: u64) -> bool {
-    bump_existing(map, key, delta) || map.insert(key, &delta, BPF_ANY as u64).is_ok()
-}
-
-#[inline(always)]
-fn bump_existing(map: &PerCpuHashMap<CountKey, u64>, key: &CountKey, delta: u64) -> bool {
-    match map.get_ptr_mut(key) {
-        Some(value) => {
-            unsafe { *value = (*value).wrapping_add(delta) };
-            true
-        }
-        None => false,
-    }
-}
-
 /// The daemon drains the ring buffer on a short timer: a wakeup per record costs more than it buys.
 const BPF_RB_NO_WAKEUP: u64 = 1;
 
@@ -341,34 +225,6 @@ pub fn emit_error(ev: &SocketErrorEvent) {
     }
 }
 
-#[inline(always)]
-pub fn count_error(key: &ErrorKey) {
-    // The reset before it gave its port a label if there was room; a port without one counts
-    // as 0 ("other"), as for resets.
-    let mut key = *key;
-    if key.port != 0 && conf!(max_ports) != 0 && !port_labelled(key.port) {
-        key.port = 0;
-    }
-    let key = &key;
-    if let Some(value) = ERRORS.get_ptr_mut(key) {
-        unsafe { *value += 1 };
-        return;
-    }
-    if ERRORS.insert(key, &1, BPF_ANY as u64).is_ok() {
-        return;
-    }
-    bump_lost(lost::COUNT_MAP_FULL);
-    let fallback = ErrorKey {
-        errno: key.errno,
-        ..ErrorKey::default()
-    };
-    if let Some(value) = ERRORS_OTHER.get_ptr_mut(&fallback) {
-        unsafe { *value += 1 };
-    } else if ERRORS_OTHER.insert(&fallback, &1, BPF_ANY as u64).is_err() {
-        bump_lost(lost::COUNT_UNRECORDED);
-    }
-}
-
 /// Note the reset just counted for the socket error that may follow (classic programs).
 #[inline(always)]
 pub fn remember_last_reset(ev: &ResetEvent) {
@@ -392,7 +248,7 @@ pub fn last_reset_on(flow: &FlowKey, now_ns: u64) -> Option<LastReset> {
 }
 
 #[inline(always)]
-fn bump_lost(index: u32) {
+pub fn bump_lost(index: u32) {
     if let Some(value) = LOST.get_ptr_mut(index) {
         unsafe { *value += 1 };
     }

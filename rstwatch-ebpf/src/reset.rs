@@ -17,9 +17,10 @@ use rstwatch_common::{
 
 use crate::{
     conn::Conns,
+    count::{count, uncount},
     maps::{
-        LAST_REJECT, REJECTED, count, remember_last_receive, remember_last_reset, send_event,
-        take_event_budget, take_last_receive, uncount,
+        LAST_REJECT, REJECTED, remember_last_receive, remember_last_reset, send_event, take_event_budget,
+        take_last_receive,
     },
     read::{Btf, Probe, conf, current_comm_into, tp_field},
     segment, socket, words,
