@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use rstwatch_tests::process::{rstwatch_bin, temp_dir};
 
+mod bad_host;
 mod bad_input;
 mod flood;
 mod memory;
