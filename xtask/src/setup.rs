@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-/// The bpf-linker that links Rust eBPF objects with Debian's LLVM 22 (ENVIRONMENT.md).
+/// The bpf-linker release we build against Debian's LLVM 22 packages to link the eBPF object.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PACKAGES: &[&str] = &[
     "llvm-22-dev",
