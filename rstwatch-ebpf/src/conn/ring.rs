@@ -28,20 +28,16 @@ impl Conns for Btf {
         if ev.key.state == tcp_state::CLOSE {
             ev.key.prior_state = close_note(cookie);
         }
-        let Some((slot, tag)) = slot_of(cookie) else {
+        let Some((tag, birth_ns)) = copy_slot(cookie, &mut ev.owner) else {
             return;
         };
-        let birth_ns = unsafe { (*slot).birth_ns };
-        let owner_known = tag & slot_flag::OWNER_KNOWN != 0;
-        if owner_known {
-            words::copy(&mut ev.owner, unsafe { &(*slot).owner });
-        }
-        if !unchanged(slot, tag) {
-            words::zero(&mut ev.owner);
-            return;
-        }
         let passive = tag & slot_flag::PASSIVE != 0;
-        apply(ev, birth_ns, passive as u8, owner_known as u8);
+        apply(
+            ev,
+            birth_ns,
+            passive as u8,
+            (tag & slot_flag::OWNER_KNOWN != 0) as u8,
+        );
         if passive {
             // Unhashed by now, so the port comes from `inet_sport`, not `skc_num`.
             listener_owner_into::<Btf>(sk, socket::local_port::<Btf>(Btf::tcp_sock(sk)), ev);
@@ -52,12 +48,7 @@ impl Conns for Btf {
     #[inline(always)]
     fn born_in_owner(sk: u64, listening: bool) {
         let cookie = Self::cookie(sk);
-        let Some(slot) = CONNS.get_ptr_mut(slot_index(cookie)) else {
-            return;
-        };
-        let slot = unsafe { &mut *slot };
-        open_slot(slot);
-        slot.birth_ns = unsafe { bpf_ktime_get_ns() };
+        let Some(slot) = open_slot(cookie) else { return };
         current_owner_into::<Btf>(&mut slot.owner);
         if listening {
             let _ = LISTENERS.insert(&listener_key::<Btf>(sk), &slot.owner, 0);
@@ -70,33 +61,21 @@ impl Conns for Btf {
     #[inline(always)]
     fn accepted(sk: u64) {
         let cookie = Self::cookie(sk);
-        let Some(slot) = CONNS.get_ptr_mut(slot_index(cookie)) else {
-            return;
-        };
-        let slot = unsafe { &mut *slot };
-        open_slot(slot);
-        slot.birth_ns = unsafe { bpf_ktime_get_ns() };
+        let Some(slot) = open_slot(cookie) else { return };
         close_slot(slot, cookie, slot_flag::PASSIVE);
     }
 
     #[inline(always)]
     fn timewait_owner_into(sk: u64, cookie: u64, ev: &mut ResetEvent) {
-        let Some((slot, tag)) = slot_of(cookie) else {
+        let Some((tag, _)) = copy_slot(cookie, &mut ev.owner) else {
             return;
         };
-        if tag & slot_flag::OWNER_KNOWN == 0 {
-            if tag & slot_flag::PASSIVE != 0 {
-                // A time-wait socket is hashed: `skc_num` is its port.
-                listener_owner_into::<Btf>(sk, Btf::read::<u16>(sk, conf!(sk_num)), ev);
-            }
-            return;
+        if tag & slot_flag::OWNER_KNOWN != 0 {
+            apply_owner(ev);
+        } else if tag & slot_flag::PASSIVE != 0 {
+            // A time-wait socket is hashed: `skc_num` is its port.
+            listener_owner_into::<Btf>(sk, Btf::read::<u16>(sk, conf!(sk_num)), ev);
         }
-        words::copy(&mut ev.owner, unsafe { &(*slot).owner });
-        if !unchanged(slot, tag) {
-            words::zero(&mut ev.owner);
-            return;
-        }
-        apply_owner(ev);
     }
 
     #[inline(always)]
@@ -121,16 +100,9 @@ impl Conns for Btf {
 pub fn owner_and_port_btf(sk: u64, local_port: u16, remote_port: u16) -> (Owner, u16) {
     let guess = socket::guess_service_port(local_port, remote_port);
     let mut owner = Owner::default();
-    let Some((slot, tag)) = slot_of(Btf::cookie(sk)) else {
+    let Some((tag, birth_ns)) = copy_slot(Btf::cookie(sk), &mut owner) else {
         return (owner, guess);
     };
-    let birth_ns = unsafe { (*slot).birth_ns };
-    if tag & slot_flag::OWNER_KNOWN != 0 {
-        words::copy(&mut owner, unsafe { &(*slot).owner });
-    }
-    if !unchanged(slot, tag) {
-        return (Owner::default(), guess);
-    }
     let passive = tag & slot_flag::PASSIVE != 0;
     if passive && let Some(listener) = unsafe { LISTENERS.get(&listener_key_at::<Btf>(sk, local_port)) } {
         words::copy(&mut owner, listener);
@@ -139,11 +111,15 @@ pub fn owner_and_port_btf(sk: u64, local_port: u16, remote_port: u16) -> (Owner,
     (owner, port)
 }
 
-/// A slot about to be rewritten: readers that copied from it see its tag change.
+/// The slot for a connection born now, opened for rewriting (readers that copied from it see its
+/// tag change) with its birth set; `close_slot` publishes it.
 #[inline(always)]
-fn open_slot(slot: &mut ConnSlot) {
+fn open_slot(cookie: u64) -> Option<&'static mut ConnSlot> {
+    let slot = unsafe { &mut *CONNS.get_ptr_mut(slot_index(cookie))? };
     unsafe { core::ptr::write_volatile(&mut slot.tag, 0) };
     core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+    slot.birth_ns = unsafe { bpf_ktime_get_ns() };
+    Some(slot)
 }
 
 #[inline(always)]
@@ -188,6 +164,23 @@ fn slot_of(cookie: u64) -> Option<(*const ConnSlot, u64)> {
     let slot = CONNS.get_ptr(slot_index(cookie))?;
     let tag = unsafe { core::ptr::read_volatile(&(*slot).tag) };
     (tag >> 8 == cookie).then_some((slot, tag))
+}
+
+/// What the slot of `cookie` holds: its tag and birth, and its owner copied into `owner` when the
+/// tag says it is known. None when the slot holds another connection, or was rewritten while we
+/// copied (`owner` is then zeroed): every reader goes through here.
+#[inline(always)]
+fn copy_slot(cookie: u64, owner: &mut Owner) -> Option<(u64, u64)> {
+    let (slot, tag) = slot_of(cookie)?;
+    let birth_ns = unsafe { (*slot).birth_ns };
+    if tag & slot_flag::OWNER_KNOWN != 0 {
+        words::copy(owner, unsafe { &(*slot).owner });
+    }
+    if !unchanged(slot, tag) {
+        words::zero(owner);
+        return None;
+    }
+    Some((tag, birth_ns))
 }
 
 /// A writer reusing a slot zeroes its tag first: a changed tag after reading means the copy may
