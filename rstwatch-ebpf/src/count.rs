@@ -74,9 +74,25 @@ fn port_labelled(port: u16) -> bool {
     if PORT_ANSWERS.get(PORT_WORDS + word).is_some_and(|w| w & bit != 0) {
         return false;
     }
-    let labelled = unsafe { PORT_LABELS.get(&port) }.is_some()
-        || PORT_LABELS.insert(&port, &1, BPF_NOEXIST as u64).is_ok()
-        || unsafe { PORT_LABELS.get(&port) }.is_some();
+    if unsafe { PORT_LABELS.get(&port) }.is_some() {
+        return remember_port_answer(word, bit, true);
+    }
+    match PORT_LABELS.insert(&port, &1, BPF_NOEXIST as u64) {
+        Ok(()) => remember_port_answer(word, bit, true),
+        // Another CPU labelled it first.
+        Err(_) if unsafe { PORT_LABELS.get(&port) }.is_some() => remember_port_answer(word, bit, true),
+        // Full: the answer is final. Any other failure (a bucket lock that timed out) is not,
+        // and is not remembered: the port is counted as `other` this once and asks again.
+        Err(E2BIG) => remember_port_answer(word, bit, false),
+        Err(_) => false,
+    }
+}
+
+/// Errno of a full hash map.
+const E2BIG: i32 = -7;
+
+#[inline(always)]
+fn remember_port_answer(word: u32, bit: u64, labelled: bool) -> bool {
     // Not atomic: a bit lost to a concurrent store on the same word costs a later hash lookup,
     // never a wrong answer (PORT_LABELS stays the truth, and once full it never changes).
     let index = if labelled { word } else { PORT_WORDS + word };

@@ -67,8 +67,42 @@ fn reached(before: &Snapshot, now: &Snapshot, out: &Outcome) -> bool {
 /// daemon's counters do not match.
 pub fn check(scn: &Scenario) -> Result<Outcome> {
     let d = daemon::daemon();
-    let ns = NetNs::new()?;
-    check_with(d, &ns, scn)
+    let compared = compare(d, &NetNs::new()?, scn)?;
+    if compared.problems.is_empty() {
+        return Ok(compared.out);
+    }
+    if !only_shortfalls(&compared) {
+        bail!(compared.message)
+    }
+    // Rarely (about 1 run in 100 under load on 6.18) the kernel counts a reset in `Tcp: OutRsts`
+    // that no tracepoint reported, for rstwatch or for an independent bpftrace alike: every
+    // tracepoint of that timer callback was missing, the socket's CLOSE included. A shortfall
+    // is run once more in a fresh namespace; a second shortfall, or any extra count, fails.
+    eprintln!(
+        "RETRIED {}: the first run fell short (see below); running it once more\n{}",
+        scn.name, compared.message
+    );
+    check_with(d, &NetNs::new()?, scn)
+}
+
+/// Every difference is a reset that is missing altogether: each row is at or below what the
+/// scenario expects, and on each direction the port's total is short by exactly what its rows
+/// are short (a reset counted under another cause or state would leave the total whole).
+fn only_shortfalls(compared: &Comparison) -> bool {
+    let (before, after, out) = (&compared.before, &compared.after, &compared.out);
+    [(Dir::Sent, out.sent_total), (Dir::Received, out.received_total)]
+        .into_iter()
+        .all(|(dir, want)| {
+            let rows = out.expect.iter().filter(|e| e.dir == dir);
+            let row_short: Option<f64> = rows
+                .map(|e| {
+                    let short = e.count as f64 - row_delta(before, after, e, out.port);
+                    (short >= 0.0).then_some(short)
+                })
+                .sum();
+            let total_short = want as f64 - total_delta(before, after, dir, out.port);
+            row_short == Some(total_short)
+        })
 }
 
 pub fn check_named(name: &str) -> Result<Outcome> {
@@ -236,24 +270,7 @@ pub fn compare(d: &Daemon, ns: &NetNs, scn: &Scenario) -> Result<Comparison> {
         msg.push_str("  meanwhile on port=\"other\" (the whole host, any test):\n");
         msg.push_str(&metrics::format_rows(&other));
     }
-    let lost: Vec<String> = after
-        .samples
-        .iter()
-        .filter(|((n, _), _)| n == "rstwatch_events_lost_total")
-        .filter_map(|((n, l), v)| {
-            let b = before
-                .samples
-                .get(&(n.clone(), l.clone()))
-                .copied()
-                .unwrap_or(0.0);
-            let stage = l
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(",");
-            (v - b != 0.0).then(|| format!("{stage} {:+}", v - b))
-        })
-        .collect();
+    let lost = metrics::changed(&before, &after, "rstwatch_events_lost_total");
     msg.push_str(&format!(
         "  rstwatch_events_lost_total deltas meanwhile (whole host): {}\n",
         if lost.is_empty() {
@@ -262,6 +279,13 @@ pub fn compare(d: &Daemon, ns: &NetNs, scn: &Scenario) -> Result<Comparison> {
             lost.join("; ")
         }
     ));
+    // A count under another port (or none at all) tells a mislabelled key from a lost one.
+    for name in ["rstwatch_resets_total", "rstwatch_program_runs_total"] {
+        msg.push_str(&format!("  {name} deltas meanwhile (whole host):\n"));
+        for line in metrics::changed(&before, &after, name).iter().take(80) {
+            msg.push_str(&format!("    {line}\n"));
+        }
+    }
     msg.push_str(&format!("  applications saw: {:?}\n", out.notes));
     msg.push_str(&format!("  daemon log: {}\n", d.log.display()));
     Ok(Comparison {
@@ -307,7 +331,7 @@ mod tests {
         }
     }
 
-    fn verdict(after: Snapshot) -> Verdict {
+    fn compared(after: Snapshot) -> Comparison {
         let out = refused_outcome();
         let before = snapshot(&[], &[]);
         let problems = mismatches(&before, &after, &out);
@@ -318,7 +342,10 @@ mod tests {
             problems,
             message: String::new(),
         }
-        .verdict()
+    }
+
+    fn verdict(after: Snapshot) -> Verdict {
+        compared(after).verdict()
     }
 
     #[test]
@@ -343,5 +370,22 @@ mod tests {
             verdict(snapshot(&wrong_received, &[("sent", "no_listener")])),
             Verdict::Fail
         );
+    }
+
+    #[test]
+    fn only_a_reset_missing_altogether_is_run_again() {
+        let missing_sent = [("received", "connection_refused", "syn_sent", 1)];
+        assert!(only_shortfalls(&compared(snapshot(&missing_sent, &[]))));
+        // Counted under another cause: the port's total is whole, so this is a wrong answer.
+        let misclassified = [
+            ("sent", "unknown_connection", "none", 1),
+            ("received", "connection_refused", "syn_sent", 1),
+        ];
+        assert!(!only_shortfalls(&compared(snapshot(&misclassified, &[]))));
+        let extra = [
+            ("sent", "no_listener", "none", 2),
+            ("received", "connection_refused", "syn_sent", 1),
+        ];
+        assert!(!only_shortfalls(&compared(snapshot(&extra, &[]))));
     }
 }

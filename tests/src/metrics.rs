@@ -247,6 +247,26 @@ pub fn port_label_delta(
     out
 }
 
+/// Every sample of metric `name` that changed between the two snapshots, as `labels delta`
+/// lines (a failure message's view of the whole host).
+pub fn changed(before: &Snapshot, after: &Snapshot, name: &str) -> Vec<String> {
+    after
+        .samples
+        .iter()
+        .filter(|((n, _), _)| n == name)
+        .filter_map(|(key, v)| {
+            let d = v - before.samples.get(key).copied().unwrap_or(0.0);
+            let labels = key
+                .1
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            (d != 0.0).then(|| format!("{labels} {d:+}"))
+        })
+        .collect()
+}
+
 /// Render a delta table for failure messages.
 pub fn format_rows(rows: &BTreeMap<(String, String, String), f64>) -> String {
     if rows.is_empty() {

@@ -372,8 +372,13 @@ pub fn run_in(ns: &NetNs, scn: &Scenario) -> Result<Outcome> {
             netns::write_sysctl(k, v)?;
         }
         let before = netns::tcp_mib_here("OutRsts")?;
+        let failed_before = netns::tcpext_here("TCPAbortFailed")?;
         let mut out = (scn.run)(scn.port).with_context(|| format!("scenario {}", scn.name))?;
         let after = netns::tcp_mib_here("OutRsts")?;
+        let failed = netns::tcpext_here("TCPAbortFailed")? - failed_before;
+        if failed != 0 {
+            out.note(format!("kernel: TcpExt TCPAbortFailed +{failed}"));
+        }
         out.out_rsts = after - before;
         out.port = scn.port;
         ensure!(
