@@ -283,6 +283,9 @@ mod pod {
 const _: () = {
     use core::mem::{offset_of, size_of};
     assert!(size_of::<Owner>() == 48);
+    // The kernel side stores a name as two u64 words (`store_comm`): 8-byte aligned.
+    assert!(offset_of!(Owner, comm) == 16 && offset_of!(Owner, thread_comm) == 32);
+    assert!(offset_of!(ResetEvent, comm) == 176);
     assert!(size_of::<CountKey>() == 40);
     assert!(offset_of!(CountKey, comm) == 12);
     assert!(offset_of!(CountKey, cgroup_id) == 32);

@@ -22,7 +22,7 @@ use crate::{
         LAST_REJECT, REJECTED, remember_last_receive, remember_last_reset, send_event, take_event_budget,
         take_last_receive,
     },
-    read::{Btf, Probe, conf, current_comm_into, tp_field},
+    read::{Btf, Probe, conf, store_comm, tp_field},
     segment, socket, words,
 };
 
@@ -211,7 +211,7 @@ fn fill_common<K: Conns>(ev: &mut ResetEvent, sk: u64) -> (u64, bool) {
         let pid_tgid = bpf_get_current_pid_tgid();
         ev.tgid = (pid_tgid >> 32) as u32;
         ev.pid = pid_tgid as u32;
-        current_comm_into(&mut ev.comm);
+        store_comm(&mut ev.comm, K::current_comm());
     }
     ev.skaddr = sk;
     if sk == 0 || ev.key.state == tcp_state::NEW_SYN_RECV {

@@ -14,7 +14,7 @@ use rstwatch_common::{ListenerKey, Owner, ResetEvent, event_flag, fact, tcp_stat
 
 use crate::{
     maps::LISTENERS,
-    read::{Btf, Kernel, Probe, conf, current_comm_into, tp_field},
+    read::{Btf, Kernel, Probe, conf, store_comm, tp_field},
     socket, words,
 };
 
@@ -185,11 +185,11 @@ pub fn current_owner_into<K: Kernel>(owner: &mut Owner) {
     owner.tgid = (pid_tgid >> 32) as u32;
     owner.pid = pid_tgid as u32;
     owner.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    current_comm_into(&mut owner.thread_comm);
+    let thread = K::current_comm();
+    store_comm(&mut owner.thread_comm, thread);
     // Threads name themselves per pool (JVM, Tomcat, Netty): the label wants the process, which
     // is its thread-group leader's name. The leader's own comm is already that.
-    let thread = &owner.thread_comm as *const [u8; 16] as *const u64;
-    let mut comm = unsafe { [*thread, *thread.add(1)] };
+    let mut comm = thread;
     if owner.tgid != owner.pid {
         let leader = K::read::<u64>(K::current_task(), conf!(task_group_leader));
         let name = [
@@ -200,9 +200,5 @@ pub fn current_owner_into<K: Kernel>(owner: &mut Owner) {
             comm = name;
         }
     }
-    let dst = &mut owner.comm as *mut [u8; 16] as *mut u64;
-    unsafe {
-        *dst = comm[0];
-        *dst.add(1) = comm[1];
-    }
+    store_comm(&mut owner.comm, comm);
 }
