@@ -84,6 +84,9 @@ pub struct Config {
     /// `task_struct.group_leader` and `task_struct.comm`: a thread's process name.
     pub task_group_leader: u16,
     pub task_comm: u16,
+    /// `sock_common.skc_cookie` (an `atomic64_t`): a socket's cookie is read where it already has
+    /// one, for less than the helper call that would make one.
+    pub sk_cookie: u16,
     /// Bit number of SOCK_LINGER in `enum sock_flags`.
     pub sock_linger_bit: u16,
     /// Bit number of SOCK_DONE (the peer's FIN arrived; it occupies one sequence number).
@@ -165,6 +168,7 @@ impl Config {
         sk_err: 0,
         task_group_leader: 0,
         task_comm: 0,
+        sk_cookie: 0,
         sock_linger_bit: 0,
         sock_done_bit: 0,
         idle_threshold_jiffies: 0,

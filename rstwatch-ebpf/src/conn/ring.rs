@@ -18,9 +18,15 @@ use crate::{
 };
 
 impl Conns for Btf {
+    /// A load where the socket has its cookie already (every state change after its birth, and
+    /// most resets): the helper call cost about 60 ns more per CLOSE here. The helper makes one
+    /// for a new socket, or one we never saw.
     #[inline(always)]
     fn cookie(sk: u64) -> u64 {
-        unsafe { bpf_get_socket_cookie(sk as *mut c_void) }
+        match Btf::read::<u64>(sk, conf!(sk_cookie)) {
+            0 => unsafe { bpf_get_socket_cookie(sk as *mut c_void) },
+            cookie => cookie,
+        }
     }
 
     #[inline(always)]

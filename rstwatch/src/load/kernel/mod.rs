@@ -290,6 +290,7 @@ const BTF_FIELDS: &[(&str, Slot, &str, &[&str], u32)] = &[
     ("sk_err", |c| &mut c.sk_err, "sock", &["sk_err"], 4),
     ("task_group_leader", |c| &mut c.task_group_leader, "task_struct", &["group_leader"], PTR),
     ("task_comm", |c| &mut c.task_comm, "task_struct", &["comm"], 16),
+    ("sk_cookie", |c| &mut c.sk_cookie, "sock", &["__sk_common.skc_cookie.counter"], 8),
 ];
 
 fn btf_offsets(btf: &KernelBtf, config: &mut Config) -> Result<()> {
