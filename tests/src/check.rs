@@ -1,6 +1,7 @@
 //! Run a scenario against the daemon and compare the deltas of `rstwatch_resets_total` on the
 //! scenario's port with what the kernel did.
 
+use std::io::Write as _;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
@@ -78,9 +79,12 @@ pub fn check(scn: &Scenario) -> Result<Outcome> {
     // that no tracepoint reported, for rstwatch or for an independent bpftrace alike: every
     // tracepoint of that timer callback was missing, the socket's CLOSE included. A shortfall
     // is run once more in a fresh namespace; a second shortfall, or any extra count, fails.
-    eprintln!(
+    // Straight to the process's stderr: `eprintln!` would be swallowed with a passing test's output.
+    let _ = writeln!(
+        std::io::stderr(),
         "RETRIED {}: the first run fell short (see below); running it once more\n{}",
-        scn.name, compared.message
+        scn.name,
+        compared.message
     );
     check_with(d, &NetNs::new()?, scn)
 }
