@@ -96,11 +96,7 @@ impl Kernel for Btf {
     /// connection's birth cost.
     #[inline(always)]
     fn current_comm() -> [u64; 2] {
-        let task = Self::current_task();
-        [
-            Self::read::<u64>(task, conf!(task_comm)),
-            Self::read::<u64>(task, conf!(task_comm) + 8),
-        ]
+        task_comm::<Self>(Self::current_task())
     }
 
     /// Word loads: the verifier allows any aligned access inside the address's byte array.
@@ -178,6 +174,15 @@ pub fn probe_into<T>(dst: *mut T, addr: u64) -> bool {
         generated::bpf_probe_read_kernel(dst as *mut c_void, size_of::<T>() as u32, addr as *const c_void)
             == 0
     }
+}
+
+/// A task's name, as two words.
+#[inline(always)]
+pub fn task_comm<K: Kernel>(task: u64) -> [u64; 2] {
+    [
+        K::read::<u64>(task, conf!(task_comm)),
+        K::read::<u64>(task, conf!(task_comm) + 8),
+    ]
 }
 
 /// A name as the two words `Kernel::current_comm` gives, into a 16-byte array that is 8-byte

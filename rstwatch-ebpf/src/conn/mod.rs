@@ -14,7 +14,7 @@ use rstwatch_common::{ListenerKey, Owner, ResetEvent, event_flag, fact, tcp_stat
 
 use crate::{
     maps::LISTENERS,
-    read::{Btf, Kernel, Probe, conf, store_comm, tp_field},
+    read::{Btf, Kernel, Probe, conf, store_comm, task_comm, tp_field},
     socket, words,
 };
 
@@ -192,10 +192,7 @@ pub fn current_owner_into<K: Kernel>(owner: &mut Owner) {
     let mut comm = thread;
     if owner.tgid != owner.pid {
         let leader = K::read::<u64>(K::current_task(), conf!(task_group_leader));
-        let name = [
-            K::read::<u64>(leader, conf!(task_comm)),
-            K::read::<u64>(leader, conf!(task_comm) + 8),
-        ];
+        let name = task_comm::<K>(leader);
         if name[0] != 0 {
             comm = name;
         }
