@@ -94,6 +94,9 @@ pub struct Config {
 
     /// `--idle-threshold` in jiffies.
     pub idle_threshold_jiffies: u32,
+    /// CONFIG_HZ: jiffies per second. The programs keep time in jiffies (see the eBPF crate's
+    /// `clock`), so their one-second windows are this many jiffies.
+    pub hz: u32,
     /// Events each CPU may send per second (`--max-events-per-second` / CPUs); 0 = no limit.
     pub events_per_cpu_per_second: u32,
     /// `--max-ports`: how many service ports get counts of their own; 0 = no cap (`trace`).
@@ -172,6 +175,7 @@ impl Config {
         sock_linger_bit: 0,
         sock_done_bit: 0,
         idle_threshold_jiffies: 0,
+        hz: 0,
         events_per_cpu_per_second: 0,
         max_ports: 0,
         count_by_cgroup: 0,

@@ -100,7 +100,7 @@ pub mod event_flag {
     /// This sent reset followed a `tcp_receive_reset` for the same socket that the kernel raised
     /// itself (data on a closing orphan), not a received RST; that received count was taken back.
     pub const UNDID_FALSE_RECEIVE: u32 = 1 << 0;
-    /// The connection's birth was seen, so `birth_ns` is valid.
+    /// The connection's birth was seen, so `age_jiffies` is valid.
     pub const BIRTH_KNOWN: u32 = 1 << 1;
     /// The received reset may be the kernel's own (see UNDID_FALSE_RECEIVE); wait for the sent one.
     pub const RECEIVE_WHILE_CLOSING: u32 = 1 << 2;
@@ -216,9 +216,12 @@ pub struct ResetEvent {
     pub rcv_tstamp: u32,
     pub lrcvtime: u32,
     pub flags: u32,
+    /// CLOCK_MONOTONIC (`bpf_ktime_get_ns`) when the event was made: what orders events and
+    /// links a socket error to its reset in userspace.
     pub ts_ns: u64,
     pub skaddr: u64,
-    pub birth_ns: u64,
+    /// How long ago the connection was born, in jiffies (valid with BIRTH_KNOWN).
+    pub age_jiffies: u64,
     pub bytes_received: u64,
     pub bytes_acked: u64,
     /// Received resets: the tracepoint's `sock_cookie`; 0 otherwise.
@@ -234,8 +237,8 @@ pub struct ResetEvent {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ConnInfo {
-    /// `bpf_ktime_get_ns()` when the connection was born (SYN_SENT / SYN_RECV), 0 if unseen.
-    pub birth_ns: u64,
+    /// `jiffies` when the connection was born (SYN_SENT / SYN_RECV), 0 if unseen.
+    pub birth_jiffies: u64,
     /// State before the most recent transition into CLOSE.
     pub prior_state: u8,
     pub passive: u8,

@@ -3,15 +3,14 @@
 
 use aya_ebpf::{
     cty::c_void,
-    helpers::generated::bpf_ktime_get_ns,
     programs::{BtfTracePointContext, TracePointContext},
 };
 use rstwatch_common::{AF_INET, AF_INET6, EVENT_SOCKET_ERROR, ErrorKey, FlowKey, Owner, SocketErrorEvent};
 
 use crate::{
-    conn,
+    clock, conn,
     count::count_error,
-    maps::{LAST_REJECT, REJECTED, emit_error, last_reset_on},
+    maps::{LAST_REJECT, REJECTED, last_reset_on, send_error, take_event_budget},
     read::{Btf, Kernel, conf, probe, tp_field},
     socket,
 };
@@ -49,8 +48,7 @@ pub fn on_error_report(ctx: &TracePointContext) -> Option<()> {
     if flow.remote_port == 0 {
         return None; // see `cut_loose`
     }
-    let now = unsafe { bpf_ktime_get_ns() };
-    let (skaddr, owner, port) = match last_reset_on(&flow, now) {
+    let (skaddr, owner, port) = match last_reset_on(&flow) {
         Some(last) if last.owner_known != 0 => (last.skaddr, last.owner, last.port),
         Some(last) => (last.skaddr, Owner::default(), last.port),
         None => (
@@ -59,7 +57,7 @@ pub fn on_error_report(ctx: &TracePointContext) -> Option<()> {
             socket::guess_service_port(flow.local_port, flow.remote_port),
         ),
     };
-    socket_error(error, now, skaddr, owner, port);
+    socket_error(error, skaddr, owner, port);
     Some(())
 }
 
@@ -76,9 +74,8 @@ pub fn on_error_report_btf(ctx: &BtfTracePointContext) -> Option<()> {
         return None; // see `cut_loose`
     }
     let local_port = socket::local_port::<Btf>(Btf::tcp_sock(sk));
-    let now = unsafe { bpf_ktime_get_ns() };
     let (owner, port) = conn::owner_and_port_btf(sk, local_port, remote_port);
-    socket_error(error, now, sk, owner, port);
+    socket_error(error, sk, owner, port);
     Some(())
 }
 
@@ -91,22 +88,24 @@ fn wanted(error: i32) -> bool {
 // application let go of it and nobody reads that error.
 
 #[inline(always)]
-fn socket_error(error: i32, now: u64, skaddr: u64, owner: Owner, port: u16) {
+fn socket_error(error: i32, skaddr: u64, owner: Owner, port: u16) {
     let key = ErrorKey {
         errno: error as u16,
         port,
         comm: owner.comm,
     };
     count_error(&key);
-    emit_error(&SocketErrorEvent {
-        kind: EVENT_SOCKET_ERROR,
-        flags: 0,
-        key,
-        _pad: [0; 4],
-        ts_ns: now,
-        skaddr,
-        owner,
-    });
+    if take_event_budget() {
+        send_error(&SocketErrorEvent {
+            kind: EVENT_SOCKET_ERROR,
+            flags: 0,
+            key,
+            _pad: [0; 4],
+            ts_ns: clock::event_ns(),
+            skaddr,
+            owner,
+        });
+    }
 }
 
 /// netfilter dropped a segment (REJECT drops the original after sending its own RST).
@@ -155,7 +154,7 @@ fn dropped(skb: u64) -> Option<()> {
     let ports = probe::<[u8; 4]>(tcp, 0)?;
     flow.local_port = u16::from_be_bytes([ports[0], ports[1]]);
     flow.remote_port = u16::from_be_bytes([ports[2], ports[3]]);
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = clock::jiffies();
     let _ = REJECTED.insert(&flow, &now, 0);
     if let Some(last) = LAST_REJECT.get_ptr_mut(0) {
         unsafe { *last = now };

@@ -10,6 +10,7 @@
 // 512-byte stack the reset programs already fill. References are the point here.
 #![allow(clippy::needless_borrows_for_generic_args)]
 
+mod clock;
 mod conn;
 mod count;
 mod errors;

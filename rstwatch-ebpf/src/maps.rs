@@ -3,7 +3,7 @@
 //! Userspace opens them by name: the names in `rstwatch_common::probes::maps` must stay the names
 //! of these statics (aya names a map after its static).
 
-use crate::{read::conf, words};
+use crate::{clock, read::conf, words};
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -57,8 +57,8 @@ pub const CONN_SLOTS: u32 = 65536;
 pub struct ConnSlot {
     /// `cookie << 8 | slot_flag::*`; 0 while a writer fills the slot.
     pub tag: u64,
-    /// `bpf_ktime_get_ns()` when the connection was born.
-    pub birth_ns: u64,
+    /// `jiffies` when the connection was born.
+    pub birth_jiffies: u64,
     /// Valid with `slot_flag::OWNER_KNOWN` only.
     pub owner: Owner,
 }
@@ -88,11 +88,11 @@ pub static LISTENERS: LruHashMap<ListenerKey, Owner> = LruHashMap::with_max_entr
 pub static CLOSED_FLOWS: LruHashMap<FlowKey, Owner> = LruHashMap::with_max_entries(65536, 0);
 
 /// Segments the local firewall just rejected, keyed by (sender = local, receiver = remote), with
-/// the time: a reset arriving for that flow right after came from the firewall, not from TCP.
+/// the jiffies when: a reset arriving for that flow right after came from the firewall, not from TCP.
 #[map]
 pub static REJECTED: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(4096, 0);
 
-/// When the firewall last rejected a segment (any flow): while nothing was rejected recently,
+/// When (jiffies) the firewall last rejected a segment (any flow): while nothing was rejected recently,
 /// received resets skip the REJECTED lookup. Plain stores from any CPU; a lost race only costs
 /// one lookup more or less within the window.
 #[map]
@@ -126,7 +126,7 @@ static LAST_RESET: PerCpuArray<LastReset> = PerCpuArray::with_max_entries(NOTE_W
 #[derive(Clone, Copy)]
 pub struct LastReset {
     pub flow: FlowKey,
-    pub ts_ns: u64,
+    pub jiffies: u64,
     pub skaddr: u64,
     pub owner: Owner,
     pub owner_known: u32,
@@ -161,13 +161,14 @@ fn note_slot(socket: u64) -> u32 {
 pub struct LastReceive {
     /// The socket, as `Conns::identity` names it.
     pub socket: u64,
-    pub ts_ns: u64,
+    pub jiffies: u64,
     pub key: CountKey,
 }
 
 /// The kernel's own receive_reset and the reset it then sends run back to back on one CPU, in one
-/// softirq; anything older than this is a different story.
-const SAME_PATH_NS: u64 = 1_000_000;
+/// softirq: a note is read in the jiffy it was written, or the next if the tick fell in between.
+/// The socket (or flow) in the note is what tells two stories apart; this only ages notes out.
+const SAME_PATH_JIFFIES: u64 = 1;
 
 /// The daemon drains the ring buffer on a short timer: a wakeup per record costs more than it buys.
 const BPF_RB_NO_WAKEUP: u64 = 1;
@@ -179,6 +180,7 @@ static BUDGET: PerCpuArray<Budget> = PerCpuArray::with_max_entries(1, 0);
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Budget {
+    /// `jiffies / HZ` when the budget was last used.
     second: u64,
     used: u32,
     _pad: u32,
@@ -188,7 +190,7 @@ struct Budget {
 /// on events, so past the budget only the loss is counted. Taken before an event is filled, so
 /// that resets past it skip what only the event needs.
 #[inline(always)]
-pub fn take_event_budget(now_ns: u64) -> bool {
+pub fn take_event_budget() -> bool {
     let limit = conf!(events_per_cpu_per_second);
     if limit == 0 {
         return true;
@@ -197,7 +199,7 @@ pub fn take_event_budget(now_ns: u64) -> bool {
         return true;
     };
     let budget = unsafe { &mut *budget };
-    let second = now_ns / 1_000_000_000;
+    let second = clock::jiffies() / clock::second();
     if budget.second != second {
         budget.second = second;
         budget.used = 0;
@@ -218,9 +220,10 @@ pub fn send_event(ev: &ResetEvent) {
     }
 }
 
+/// A socket error within the budget (`take_event_budget`) to userspace.
 #[inline(always)]
-pub fn emit_error(ev: &SocketErrorEvent) {
-    if take_event_budget(ev.ts_ns) && EVENTS.output::<SocketErrorEvent>(ev, BPF_RB_NO_WAKEUP).is_err() {
+pub fn send_error(ev: &SocketErrorEvent) {
+    if EVENTS.output::<SocketErrorEvent>(ev, BPF_RB_NO_WAKEUP).is_err() {
         bump_lost(lost::RING_BUFFER_FULL);
     }
 }
@@ -233,7 +236,7 @@ pub fn remember_last_reset(ev: &ResetEvent) {
     };
     let last = unsafe { &mut *last };
     last.flow = crate::reset::flow_of(ev);
-    last.ts_ns = ev.ts_ns;
+    last.jiffies = clock::jiffies();
     last.skaddr = ev.skaddr;
     words::copy(&mut last.owner, &ev.owner);
     last.owner_known = (ev.key.facts & rstwatch_common::fact::OWNER_KNOWN != 0) as u32;
@@ -242,9 +245,9 @@ pub fn remember_last_reset(ev: &ResetEvent) {
 
 /// The reset this CPU just traced, if it is on `flow` and recent enough to be the same story.
 #[inline(always)]
-pub fn last_reset_on(flow: &FlowKey, now_ns: u64) -> Option<LastReset> {
+pub fn last_reset_on(flow: &FlowKey) -> Option<LastReset> {
     let last = unsafe { *LAST_RESET.get_ptr(flow_slot(flow.local_port, flow.remote_port))? };
-    (last.flow == *flow && now_ns.wrapping_sub(last.ts_ns) <= SAME_PATH_NS).then_some(last)
+    (last.flow == *flow && clock::within(last.jiffies, SAME_PATH_JIFFIES)).then_some(last)
 }
 
 #[inline(always)]
@@ -255,21 +258,21 @@ pub fn bump_lost(index: u32) {
 }
 
 #[inline(always)]
-pub fn remember_last_receive(socket: u64, ts_ns: u64, key: &CountKey) {
+pub fn remember_last_receive(socket: u64, key: &CountKey) {
     let Some(last) = LAST_RECEIVE.get_ptr_mut(note_slot(socket)) else {
         return;
     };
     let last = unsafe { &mut *last };
     last.socket = socket;
-    last.ts_ns = ts_ns;
+    last.jiffies = clock::jiffies();
     words::copy(&mut last.key, key);
 }
 
 /// The receive_reset this CPU just traced for `socket`, if it was on the same kernel path.
 #[inline(always)]
-pub fn take_last_receive(socket: u64, now_ns: u64) -> Option<&'static mut CountKey> {
+pub fn take_last_receive(socket: u64) -> Option<&'static mut CountKey> {
     let last = unsafe { &mut *LAST_RECEIVE.get_ptr_mut(note_slot(socket))? };
-    if last.socket != socket || now_ns.wrapping_sub(last.ts_ns) > SAME_PATH_NS {
+    if last.socket != socket || !clock::within(last.jiffies, SAME_PATH_JIFFIES) {
         return None;
     }
     last.socket = 0;

@@ -7,7 +7,7 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     cty::c_void,
-    helpers::{bpf_get_current_pid_tgid, generated::bpf_ktime_get_ns},
+    helpers::bpf_get_current_pid_tgid,
     programs::{BtfTracePointContext, ProbeContext, TracePointContext},
 };
 use rstwatch_common::{
@@ -16,6 +16,7 @@ use rstwatch_common::{
 };
 
 use crate::{
+    clock,
     conn::Conns,
     count::{count, uncount},
     maps::{
@@ -26,8 +27,8 @@ use crate::{
     segment, socket, words,
 };
 
-/// A firewall's RST reaches the sender within microseconds on one host; a second is generous.
-const INJECTED_WINDOW_NS: u64 = 1_000_000_000;
+// A firewall's RST reaches the sender within microseconds on one host: a second (`clock::second`)
+// is the generous window for "right after the firewall rejected that flow".
 
 /// Classic tracepoint: the arguments come from the trace record, at tracefs offsets.
 pub fn on_send_reset(ctx: &TracePointContext) -> Option<()> {
@@ -108,7 +109,7 @@ fn send_reset<K: Conns>(sk: u64, skb: u64, state: u8, reason: u16, extra_facts: 
         } else if state != tcp_state::NEW_SYN_RECV && state != tcp_state::LISTEN {
             socket::connection_facts::<K>(ev, sk);
         }
-        if let Some(false_receive) = take_last_receive(K::identity(sk, cookie), ev.ts_ns) {
+        if let Some(false_receive) = take_last_receive(K::identity(sk, cookie)) {
             // The kernel raised a receive_reset on this orphan itself, just before answering new
             // data with this reset: that was never a received RST, so take its count back.
             uncount(false_receive);
@@ -153,10 +154,10 @@ fn receive_reset<K: Conns>(sk: u64, cookie: u64) -> Option<()> {
     if state == tcp_state::TIME_WAIT {
         K::timewait_owner_into(sk, own_cookie, ev);
     }
-    if recently_rejected(ev.ts_ns) {
+    if recently_rejected() {
         let flow = flow_of(ev);
         if let Some(rejected_at) = unsafe { REJECTED.get(&flow) } {
-            if ev.ts_ns.wrapping_sub(*rejected_at) <= INJECTED_WINDOW_NS {
+            if clock::within(*rejected_at, clock::second()) {
                 ev.key.facts |= fact::INJECTED;
             }
             let _ = REJECTED.remove(&flow);
@@ -173,18 +174,18 @@ fn receive_reset<K: Conns>(sk: u64, cookie: u64) -> Option<()> {
     if closing {
         // May be the kernel's own (see UNDID_FALSE_RECEIVE): the reset it sends next on this
         // socket looks for this note.
-        remember_last_receive(K::identity(sk, own_cookie), ev.ts_ns, &ev.key);
+        remember_last_receive(K::identity(sk, own_cookie), &ev.key);
     }
     Some(())
 }
 
 /// Did the firewall reject anything within the injection window?
 #[inline(always)]
-fn recently_rejected(now_ns: u64) -> bool {
+fn recently_rejected() -> bool {
     let Some(last) = LAST_REJECT.get(0) else {
         return true;
     };
-    *last != 0 && now_ns.wrapping_sub(*last) <= INJECTED_WINDOW_NS
+    *last != 0 && clock::within(*last, clock::second())
 }
 
 /// A zeroed event in the caller's stack space, without the copy a returned value would cost
@@ -199,15 +200,15 @@ fn new_event(space: &mut MaybeUninit<ResetEvent>, direction: u8, state: u8) -> &
     ev
 }
 
-/// Fields every event has, whatever the socket: time, task, and what was remembered about the
-/// connection. Returns the socket's cookie where this kind of program has one (0 otherwise), and
+/// Fields every event has, whatever the socket: time and task (within the budget), and what was
+/// remembered about the connection. Returns the socket's cookie where this kind of program has one (0 otherwise), and
 /// whether the event is within the budget: past it only the count is made, and what only the
 /// event would show is not read.
 #[inline(always)]
 fn fill_common<K: Conns>(ev: &mut ResetEvent, sk: u64) -> (u64, bool) {
-    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-    let detailed = take_event_budget(ev.ts_ns);
+    let detailed = take_event_budget();
     if detailed {
+        ev.ts_ns = clock::event_ns();
         let pid_tgid = bpf_get_current_pid_tgid();
         ev.tgid = (pid_tgid >> 32) as u32;
         ev.pid = pid_tgid as u32;

@@ -3,7 +3,6 @@
 
 use core::mem::MaybeUninit;
 
-use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
 use rstwatch_common::{ConnInfo, Owner, ResetEvent, tcp_state};
 
 use super::{Conns, apply, apply_owner, current_owner_into, listener_key};
@@ -29,7 +28,7 @@ impl Conns for Probe {
             ev.key.prior_state = info.prior_state;
         }
         words::copy(&mut ev.owner, &info.owner);
-        apply(ev, info.birth_ns, info.passive, info.owner_known);
+        apply(ev, info.birth_jiffies, info.passive, info.owner_known);
     }
 
     #[inline(always)]
@@ -98,7 +97,7 @@ fn remember(sk: u64, passive: u8, owner: Option<&Owner>) {
     let mut info = MaybeUninit::<ConnInfo>::uninit();
     let info = unsafe { &mut *info.as_mut_ptr() };
     words::zero(info);
-    info.birth_ns = unsafe { bpf_ktime_get_ns() };
+    info.birth_jiffies = crate::clock::jiffies();
     info.passive = passive;
     if let Some(owner) = owner {
         info.owner_known = 1;

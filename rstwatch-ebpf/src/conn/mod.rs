@@ -51,9 +51,9 @@ pub trait Conns: Kernel {
 
 /// What a remembered entry says about the event's connection.
 #[inline(always)]
-pub(super) fn apply(ev: &mut ResetEvent, birth_ns: u64, passive: u8, owner_known: u8) {
-    if birth_ns != 0 {
-        ev.birth_ns = birth_ns;
+pub(super) fn apply(ev: &mut ResetEvent, birth_jiffies: u64, passive: u8, owner_known: u8) {
+    if birth_jiffies != 0 {
+        ev.age_jiffies = crate::clock::jiffies().wrapping_sub(birth_jiffies);
         ev.flags |= event_flag::BIRTH_KNOWN;
     }
     if passive != 0 {
@@ -86,14 +86,14 @@ pub fn apply_owner(ev: &mut ResetEvent) {
 #[inline(always)]
 pub(super) fn service_port_of(
     passive: u8,
-    birth_ns: u64,
+    birth_jiffies: u64,
     local_port: u16,
     remote_port: u16,
     guess: u16,
 ) -> u16 {
     if passive != 0 {
         local_port
-    } else if birth_ns != 0 {
+    } else if birth_jiffies != 0 {
         // Born by connect() while we watched: we are the client.
         remote_port
     } else {

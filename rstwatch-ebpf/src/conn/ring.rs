@@ -1,10 +1,7 @@
 //! The tp_btf programs' memory: a ring of the most recent connections in a plain array, indexed
 //! by socket cookie, and the notes of the state before CLOSE.
 
-use aya_ebpf::{
-    cty::c_void,
-    helpers::generated::{bpf_get_socket_cookie, bpf_ktime_get_ns},
-};
+use aya_ebpf::{cty::c_void, helpers::generated::bpf_get_socket_cookie};
 use rstwatch_common::{Owner, ResetEvent, tcp_state};
 
 use super::{
@@ -12,6 +9,7 @@ use super::{
     service_port_of,
 };
 use crate::{
+    clock,
     maps::{CLOSE_NOTE_SLOTS, CLOSE_NOTES, CONN_SLOTS, CONNS, ConnSlot, LISTENERS, slot_flag},
     read::{Btf, Kernel, conf},
     socket, words,
@@ -34,13 +32,13 @@ impl Conns for Btf {
         if ev.key.state == tcp_state::CLOSE {
             ev.key.prior_state = close_note(cookie);
         }
-        let Some((tag, birth_ns)) = copy_slot(cookie, &mut ev.owner) else {
+        let Some((tag, birth_jiffies)) = copy_slot(cookie, &mut ev.owner) else {
             return;
         };
         let passive = tag & slot_flag::PASSIVE != 0;
         apply(
             ev,
-            birth_ns,
+            birth_jiffies,
             passive as u8,
             (tag & slot_flag::OWNER_KNOWN != 0) as u8,
         );
@@ -106,14 +104,14 @@ impl Conns for Btf {
 pub fn owner_and_port_btf(sk: u64, local_port: u16, remote_port: u16) -> (Owner, u16) {
     let guess = socket::guess_service_port(local_port, remote_port);
     let mut owner = Owner::default();
-    let Some((tag, birth_ns)) = copy_slot(Btf::cookie(sk), &mut owner) else {
+    let Some((tag, birth_jiffies)) = copy_slot(Btf::cookie(sk), &mut owner) else {
         return (owner, guess);
     };
     let passive = tag & slot_flag::PASSIVE != 0;
     if passive && let Some(listener) = unsafe { LISTENERS.get(&listener_key_at::<Btf>(sk, local_port)) } {
         words::copy(&mut owner, listener);
     }
-    let port = service_port_of(passive as u8, birth_ns, local_port, remote_port, guess);
+    let port = service_port_of(passive as u8, birth_jiffies, local_port, remote_port, guess);
     (owner, port)
 }
 
@@ -124,7 +122,7 @@ fn open_slot(cookie: u64) -> Option<&'static mut ConnSlot> {
     let slot = unsafe { &mut *CONNS.get_ptr_mut(slot_index(cookie))? };
     unsafe { core::ptr::write_volatile(&mut slot.tag, 0) };
     core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
-    slot.birth_ns = unsafe { bpf_ktime_get_ns() };
+    slot.birth_jiffies = clock::jiffies();
     Some(slot)
 }
 
@@ -172,13 +170,13 @@ fn slot_of(cookie: u64) -> Option<(*const ConnSlot, u64)> {
     (tag >> 8 == cookie).then_some((slot, tag))
 }
 
-/// What the slot of `cookie` holds: its tag and birth, and its owner copied into `owner` when the
+/// What the slot of `cookie` holds: its tag and birth (jiffies), and its owner copied into `owner` when the
 /// tag says it is known. None when the slot holds another connection, or was rewritten while we
 /// copied (`owner` is then zeroed): every reader goes through here.
 #[inline(always)]
 fn copy_slot(cookie: u64, owner: &mut Owner) -> Option<(u64, u64)> {
     let (slot, tag) = slot_of(cookie)?;
-    let birth_ns = unsafe { (*slot).birth_ns };
+    let birth_jiffies = unsafe { (*slot).birth_jiffies };
     if tag & slot_flag::OWNER_KNOWN != 0 {
         words::copy(owner, unsafe { &(*slot).owner });
     }
@@ -186,7 +184,7 @@ fn copy_slot(cookie: u64, owner: &mut Owner) -> Option<(u64, u64)> {
         words::zero(owner);
         return None;
     }
-    Some((tag, birth_ns))
+    Some((tag, birth_jiffies))
 }
 
 /// A writer reusing a slot zeroes its tag first: a changed tag after reading means the copy may

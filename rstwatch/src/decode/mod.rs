@@ -80,6 +80,12 @@ pub fn jiffies_to_duration(jiffies: u32, hz: u32) -> Duration {
     Duration::from_nanos(jiffies * 1_000_000_000 / hz.max(1) as u64)
 }
 
+/// A span of jiffies that may exceed 2^32 (a connection's age: 49 days at HZ=1000).
+pub fn long_jiffies_to_duration(jiffies: u64, hz: u32) -> Duration {
+    let hz = hz.max(1) as u64;
+    Duration::from_secs(jiffies / hz) + Duration::from_nanos(jiffies % hz * 1_000_000_000 / hz)
+}
+
 pub fn later(a: u32, b: u32) -> u32 {
     if (a.wrapping_sub(b) as i32) >= 0 { a } else { b }
 }

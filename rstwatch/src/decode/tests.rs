@@ -61,3 +61,24 @@ fn jiffies_convert_at_the_kernel_hz_and_never_go_negative() {
     assert_eq!(jiffies_to_duration(250, 250), Duration::from_secs(1));
     assert_eq!(jiffies_to_duration(u32::MAX, 250), Duration::ZERO);
 }
+
+#[test]
+fn an_age_in_jiffies_converts_past_u32_and_keeps_its_fraction() {
+    assert_eq!(long_jiffies_to_duration(0, 250), Duration::ZERO);
+    assert_eq!(long_jiffies_to_duration(1, 250), Duration::from_millis(4));
+    assert_eq!(
+        long_jiffies_to_duration(301, 300),
+        Duration::from_nanos(1_003_333_333)
+    );
+    // 60 days at HZ=1000 is past 2^32 jiffies; the product with 1e9 would overflow a u64.
+    let sixty_days = 60 * 86_400 * 1000u64;
+    assert_eq!(
+        long_jiffies_to_duration(sixty_days, 1000),
+        Duration::from_secs(60 * 86_400)
+    );
+    assert_eq!(
+        long_jiffies_to_duration(u64::MAX, 0).as_secs(),
+        u64::MAX,
+        "HZ 0 is read as 1"
+    );
+}

@@ -21,7 +21,7 @@ use crate::{
         causes::{Cause, Direction},
         classify, state_label,
     },
-    decode::{Record, comm_text, jiffies_to_duration, later, socket_addr},
+    decode::{Record, comm_text, jiffies_to_duration, later, long_jiffies_to_duration, socket_addr},
     enrich::{
         attribution::{Attribution, Workload},
         pairing::PeerEnd,
@@ -194,7 +194,7 @@ impl Decoder {
         };
         Durations {
             age: (ev.flags & event_flag::BIRTH_KNOWN != 0)
-                .then(|| Duration::from_nanos(ev.ts_ns.saturating_sub(ev.birth_ns))),
+                .then(|| long_jiffies_to_duration(ev.age_jiffies, self.hz)),
             idle: jiffies(later(ev.rcv_tstamp, ev.lrcvtime)),
             since_last_send: jiffies(ev.lsndtime),
         }

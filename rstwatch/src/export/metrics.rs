@@ -83,7 +83,7 @@ impl Metrics {
         let age = HistogramVec::new(
             HistogramOpts::new(
                 "rstwatch_reset_connection_age_seconds",
-                "Age of the connection at the reset (connections opened while rstwatch ran).",
+                "Age of the connection at the reset (connections opened while rstwatch ran), to the kernel's tick (1-10 ms).",
             )
             .buckets(AGE_BUCKETS.to_vec()),
             &["direction", "cause"],

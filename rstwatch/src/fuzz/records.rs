@@ -178,7 +178,7 @@ fn extreme_timestamps_format() {
         let mut ev: ResetEvent = unsafe { std::mem::zeroed() };
         ev.kind = EVENT_RESET;
         ev.ts_ns = ts_ns;
-        ev.birth_ns = u64::MAX - ts_ns;
+        ev.age_jiffies = u64::MAX - ts_ns;
         ev.flags = u32::MAX;
         ev.key.facts = u16::MAX;
         ev.now_jiffies = u32::MAX;

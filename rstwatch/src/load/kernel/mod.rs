@@ -77,6 +77,7 @@ fn resolve_from(
     let btf_tracepoints = btf_tracepoints(btf, &mut config);
 
     config.idle_threshold_jiffies = idle_jiffies(idle_threshold, hz)?;
+    config.hz = hz;
     (config.ephemeral_port_low, config.ephemeral_port_high) = ephemeral_ports;
 
     let (reason_names, reasons_from) = match btf.enum_values("sk_rst_reason") {
