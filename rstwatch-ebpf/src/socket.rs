@@ -161,7 +161,7 @@ pub fn connection_facts<K: Kernel>(ev: &mut ResetEvent, sk: u64) {
         ev.key.facts |= fact::UNSENT_DATA;
     }
 
-    ev.now_jiffies = unsafe { aya_ebpf::helpers::generated::bpf_jiffies64() } as u32;
+    ev.now_jiffies = crate::clock::jiffies() as u32;
     ev.lsndtime = K::read::<u32>(tp, conf!(tcp_lsndtime));
     ev.rcv_tstamp = K::read::<u32>(tp, conf!(tcp_rcv_tstamp));
     ev.lrcvtime = K::read::<u32>(tp, conf!(icsk_lrcvtime));

@@ -170,8 +170,8 @@ fn slot_of(cookie: u64) -> Option<(*const ConnSlot, u64)> {
     (tag >> 8 == cookie).then_some((slot, tag))
 }
 
-/// What the slot of `cookie` holds: its tag and birth (jiffies), and its owner copied into `owner` when the
-/// tag says it is known. None when the slot holds another connection, or was rewritten while we
+/// What the slot of `cookie` holds: its tag and birth (jiffies), and its owner copied into `owner`
+/// when the tag says it is known. None when the slot holds another connection, or was rewritten while we
 /// copied (`owner` is then zeroed): every reader goes through here.
 #[inline(always)]
 fn copy_slot(cookie: u64, owner: &mut Owner) -> Option<(u64, u64)> {

@@ -144,7 +144,7 @@ impl Session {
     pub fn decoder(&self, attribution: Option<Arc<Attribution>>) -> Decoder {
         Decoder {
             classifier: self.classifier(),
-            hz: self.layout.hz,
+            hz: self.layout.config.hz,
             attribution,
         }
     }

@@ -19,8 +19,8 @@ use self::tracefs::EventFormat;
 const REASON_PREFIX: &str = "SK_RST_REASON_";
 
 pub struct KernelLayout {
+    /// Also holds CONFIG_HZ (`config.hz`), which the daemon's own clocks use too.
     pub config: Config,
-    pub hz: u32,
     /// `enum sk_rst_reason` as this kernel numbers it, names without `SK_RST_REASON_`.
     pub reason_names: BTreeMap<u16, String>,
     pub release: String,
@@ -91,7 +91,6 @@ fn resolve_from(
 
     let layout = KernelLayout {
         config,
-        hz,
         reason_names,
         release,
         send_reset_has_reason: config.send_reason != ABSENT,
@@ -364,7 +363,7 @@ fn log_summary(layout: &KernelLayout, idle: Duration, reasons_from: &str) {
          skb:kfree_skb with NETFILTER_DROP: {}\n  idle threshold {idle:?} = {} \
          jiffies; ephemeral ports {}-{}",
         layout.release,
-        layout.hz,
+        layout.config.hz,
         yes_no(layout.send_reset_has_state),
         yes_no(layout.send_reset_has_reason),
         layout.reason_names.len(),

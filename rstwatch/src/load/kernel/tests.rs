@@ -91,8 +91,10 @@ fn reason_names_from_the_print_fmt() {
     let send = fixture("6.18", "tcp_send_reset");
     let names = reason_table(tracefs::symbolic_values(&send.print_fmt, "reason")).unwrap();
     let layout = KernelLayout {
-        config: Config::UNSET,
-        hz: 250,
+        config: Config {
+            hz: 250,
+            ..Config::UNSET
+        },
         reason_names: names,
         release: String::new(),
         send_reset_has_reason: true,
@@ -202,7 +204,7 @@ fn resolves_the_running_kernel() {
     }
     let layout = resolve(Duration::from_secs(5)).unwrap();
     assert!(layout.config.send_skaddr != ABSENT && layout.config.idle_threshold_jiffies > 0);
-    assert_eq!(layout.config.idle_threshold_jiffies, 5 * layout.hz);
+    assert_eq!(layout.config.idle_threshold_jiffies, 5 * layout.config.hz);
     if layout.send_reset_has_reason {
         assert_eq!(layout.reason_value("NO_SOCKET"), Some(1));
     }
